@@ -1,0 +1,18 @@
+"""Shared fixtures: where the real data lives (TINYTRAIN_DATA), which CI must have."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The data directory; tests that need it skip without it, except under CI=true, where they fail."""
+    value = os.environ.get("TINYTRAIN_DATA")
+    if value and Path(value).is_dir():
+        return Path(value)
+    reason = f"TINYTRAIN_DATA={value!r} is not a directory; point it at the folder holding the weights and CIFAR-10"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)

@@ -1,0 +1,107 @@
+"""The arena: exact peaks, alignment, first-fit reuse, overflow messages and the trace."""
+
+import numpy as np
+import pytest
+
+from tinytrain.arena import Arena, ArenaOverflow
+
+
+def test_peak_equals_live_bytes_at_peak_hand_checked():
+    arena = Arena(4096)
+    a = arena.alloc("a", (100,), np.float32, "activation")  # 400 B
+    b = arena.alloc("b", (5, 10), np.float32, "saved")  # 200 B
+    arena.free(a)
+    c = arena.alloc("c", (300,), np.uint8, "grad")  # 300 B
+    assert arena.peak_bytes == 600  # a + b, before a was freed
+    assert sorted(x.name for x in arena.live_at_peak) == ["a", "b"]
+    assert sum(x.nbytes for x in arena.live_at_peak) == arena.peak_bytes
+    assert arena.peak_bytes_by_kind == {"input": 0, "activation": 400, "saved": 200, "grad": 300, "wgrad": 0,
+                                        "optim": 0, "scratch": 0}
+    assert arena.live_bytes == 500
+    arena.free(b)
+    arena.free(c)
+    assert arena.live_bytes == 0 and arena.free_bytes == 4096
+
+
+def test_views_are_typed_aligned_and_disjoint():
+    arena = Arena(4096, alignment=16)
+    views = [arena.alloc(f"t{i}", (i + 1, 3), dtype, "scratch")
+             for i, dtype in enumerate([np.float32, np.uint8, np.int64, np.float32, np.uint8])]
+    for i, view in enumerate(views):
+        assert view.__array_interface__["data"][0] % 16 == 0
+        assert view.shape == (i + 1, 3)
+        assert view.base is not None  # a view into the arena, not a copy
+        view[...] = i + 1
+    for i, view in enumerate(views):
+        assert np.all(view == i + 1)  # no two views overlap
+
+
+def test_first_fit_reuses_freed_block_and_coalesces():
+    arena = Arena(256, alignment=16)
+    a = arena.alloc("a", (64,), np.uint8)
+    b = arena.alloc("b", (64,), np.uint8)
+    c = arena.alloc("c", (64,), np.uint8)
+    arena.free(b)
+    d = arena.alloc("d", (48,), np.uint8)
+    assert arena.offset_of(d) == arena.offset_of(a) + 64  # placed in b's hole
+    arena.free(a)
+    arena.free(c)
+    arena.free(d)
+    whole = arena.alloc("whole", (256,), np.uint8)  # only possible if every hole merged back
+    assert whole.size == 256
+    assert arena.high_water_bytes == 256
+
+
+def test_overflow_names_request_free_bytes_largest_block_and_holders():
+    arena = Arena(256, alignment=16)
+    a = arena.alloc("first", (64,), np.uint8, "activation")
+    arena.alloc("big_holder", (96,), np.uint8, "saved")
+    arena.alloc("third", (64,), np.uint8, "grad")
+    arena.free(a)  # free: 64 at the start + 32 at the end, so 96 bytes free but no block of 80
+    arena.op_index = 7
+    with pytest.raises(ArenaOverflow) as error:
+        arena.alloc("request", (20,), np.float32, "wgrad")
+    message = str(error.value)
+    assert "'request' [wgrad] (20,) float32, 80 B" in message
+    assert "free 96 B" in message
+    assert "largest free block 64 B" in message
+    assert "big_holder [saved]" in message
+    assert "op 7" in message
+    assert "Fix:" in message
+    assert arena.live_bytes == 160  # the failed request left nothing behind
+
+
+def test_trace_records_every_alloc_and_free_with_op_index():
+    arena = Arena(1024)
+    arena.op_index = 3
+    x = arena.alloc("x", (4,), np.float32, "input")
+    arena.op_index = 4
+    arena.free(x)
+    assert [(e.op_index, e.action, e.nbytes, e.kind, e.name) for e in arena.trace] == [
+        (3, "alloc", 16, "input", "x"), (4, "free", 16, "input", "x")]
+    arena.reset_peak()
+    assert arena.trace == [] and arena.peak_bytes == 0
+
+
+def test_rollback_frees_only_what_came_after_the_checkpoint():
+    arena = Arena(1024)
+    keep = arena.alloc("keep", (8,), np.float32, "optim")
+    checkpoint = arena.checkpoint()
+    arena.alloc("temp1", (8,), np.float32)
+    arena.alloc("temp2", (8,), np.float32)
+    arena.rollback(checkpoint)
+    assert [a.name for a in arena.live()] == ["keep"]
+    arena.free(keep)
+    assert arena.live_bytes == 0
+
+
+def test_bad_requests_are_refused_clearly():
+    arena = Arena(1024)
+    with pytest.raises(ValueError, match="unknown allocation kind"):
+        arena.alloc("x", (4,), np.float32, "weights")
+    view = arena.alloc("x", (4,), np.float32)
+    arena.free(view)
+    with pytest.raises(ValueError, match="not a live arena allocation"):
+        arena.free(view)
+    with pytest.raises(ValueError, match="power of two"):
+        Arena(1024, alignment=12)

@@ -1,0 +1,204 @@
+"""One fixed byte arena: every tensor a training step writes is an aligned, typed view into it, counted exactly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_CAPACITY = 262_144  # 256 KiB, the on-chip SRAM budget of the target microcontrollers
+DEFAULT_ALIGNMENT = 16  # bytes; enough for float32 SIMD loads and every dtype used here
+
+# What an allocation is for. The memory report and the timeline are broken down by these.
+KINDS = ("input", "activation", "saved", "grad", "wgrad", "optim", "scratch")
+
+
+class ArenaOverflow(MemoryError):
+    """Raised when an allocation does not fit; the message says what was asked, what is free and who holds the rest."""
+
+
+@dataclass(frozen=True)
+class Allocation:
+    name: str
+    kind: str
+    offset: int
+    nbytes: int  # bytes the tensor needs (what the memory figures count)
+    reserved: int  # nbytes rounded up to the alignment (what the free list loses)
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    op_index: int
+    action: str  # "alloc" or "free"
+    offset: int
+    nbytes: int
+    kind: str
+    name: str
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _format_bytes(nbytes: int) -> str:
+    return f"{nbytes:,} B ({nbytes / 1024:.1f} KiB)"
+
+
+class Arena:
+    """A first-fit allocator over one preallocated uint8 buffer.
+
+    Memory figures count the bytes each tensor needs. `high_water_bytes` is the highest arena address ever
+    used, which also counts alignment padding and fragmentation: the buffer size a device must really have.
+    """
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, alignment: int = DEFAULT_ALIGNMENT):
+        if capacity <= 0:
+            raise ValueError(f"arena capacity must be positive, got {capacity}")
+        if alignment <= 0 or alignment & (alignment - 1):
+            raise ValueError(f"arena alignment must be a power of two, got {alignment}")
+        self.capacity = capacity
+        self.alignment = alignment
+        self.buffer = np.zeros(capacity, dtype=np.uint8)
+        self._base_address = self.buffer.ctypes.data
+        # The buffer itself must start aligned so that offsets aligned to `alignment` are aligned addresses.
+        self._base_shift = (-self._base_address) % alignment
+        self._free_blocks: list[tuple[int, int]] = [(self._base_shift, capacity - self._base_shift)]
+        self._live: dict[int, Allocation] = {}
+        self.op_index = 0
+        self.tracing = True
+        self.trace: list[TraceEvent] = []
+        self.live_bytes = 0
+        self.live_bytes_by_kind = dict.fromkeys(KINDS, 0)
+        self.reset_peak()
+
+    # ----------------------------------------------------------------------------------------------------
+    # allocation
+
+    def alloc(self, name: str, shape, dtype=np.float32, kind: str = "activation") -> np.ndarray:
+        """Return a zero-copy view of `shape` and `dtype` placed in the arena."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown allocation kind {kind!r} for {name!r}; use one of {KINDS}")
+        shape = tuple(int(dim) for dim in shape) if isinstance(shape, (tuple, list)) else (int(shape),)
+        if any(dim < 0 for dim in shape):
+            raise ValueError(f"negative dimension in shape {shape} for {name!r}")
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        reserved = max(_round_up(nbytes, self.alignment), self.alignment)
+        offset = self._take_block(reserved)
+        if offset is None:
+            raise ArenaOverflow(self._overflow_message(name, shape, dtype, kind, nbytes, reserved))
+        allocation = Allocation(name, kind, offset, nbytes, reserved, shape, dtype.str)
+        self._live[offset] = allocation
+        self.live_bytes += nbytes
+        self.live_bytes_by_kind[kind] += nbytes
+        self.high_water_bytes = max(self.high_water_bytes, offset + reserved - self._base_shift)
+        self._record("alloc", allocation)
+        self._update_peaks()
+        return self.buffer[offset : offset + nbytes].view(dtype).reshape(shape)
+
+    def free(self, view: np.ndarray) -> None:
+        """Give the block of a view returned by `alloc` back to the arena."""
+        offset = self.offset_of(view)
+        if offset not in self._live:
+            raise ValueError("free() got an array that is not a live arena allocation (already freed, or a sub-view)")
+        self._release(offset)
+
+    def checkpoint(self) -> frozenset[int]:
+        """The offsets live now; `rollback` frees everything allocated after."""
+        return frozenset(self._live)
+
+    def rollback(self, checkpoint: frozenset[int]) -> None:
+        for offset in [offset for offset in self._live if offset not in checkpoint]:
+            self._release(offset)
+
+    def _release(self, offset: int) -> None:
+        allocation = self._live.pop(offset)
+        self.live_bytes -= allocation.nbytes
+        self.live_bytes_by_kind[allocation.kind] -= allocation.nbytes
+        self._record("free", allocation)
+        self._give_block(allocation.offset, allocation.reserved)
+
+    def offset_of(self, view: np.ndarray) -> int:
+        return view.__array_interface__["data"][0] - self._base_address
+
+    def allocation_of(self, view: np.ndarray) -> Allocation:
+        return self._live[self.offset_of(view)]
+
+    def live(self) -> list[Allocation]:
+        return sorted(self._live.values(), key=lambda allocation: allocation.offset)
+
+    # ----------------------------------------------------------------------------------------------------
+    # statistics
+
+    def reset_peak(self) -> None:
+        """Start a new measurement window: peaks restart from what is live now, and the trace is cleared."""
+        self.peak_bytes = self.live_bytes
+        self.peak_bytes_by_kind = dict(self.live_bytes_by_kind)
+        self.live_at_peak: list[Allocation] = self.live()
+        self.high_water_bytes = max((a.offset + a.reserved - self._base_shift for a in self._live.values()), default=0)
+        self.trace = []
+
+    @property
+    def free_bytes(self) -> int:
+        return sum(size for _, size in self._free_blocks)
+
+    @property
+    def largest_free_block(self) -> int:
+        return max((size for _, size in self._free_blocks), default=0)
+
+    def _update_peaks(self) -> None:
+        for kind, nbytes in self.live_bytes_by_kind.items():
+            if nbytes > self.peak_bytes_by_kind[kind]:
+                self.peak_bytes_by_kind[kind] = nbytes
+        if self.live_bytes > self.peak_bytes:
+            self.peak_bytes = self.live_bytes
+            self.live_at_peak = self.live()
+
+    def _record(self, action: str, allocation: Allocation) -> None:
+        if self.tracing:
+            self.trace.append(
+                TraceEvent(self.op_index, action, allocation.offset - self._base_shift, allocation.nbytes,
+                           allocation.kind, allocation.name)
+            )
+
+    # ----------------------------------------------------------------------------------------------------
+    # free list: sorted, coalesced (offset, size) blocks
+
+    def _take_block(self, reserved: int) -> int | None:
+        for index, (offset, size) in enumerate(self._free_blocks):
+            if size >= reserved:
+                if size == reserved:
+                    del self._free_blocks[index]
+                else:
+                    self._free_blocks[index] = (offset + reserved, size - reserved)
+                return offset
+        return None
+
+    def _give_block(self, offset: int, size: int) -> None:
+        blocks = self._free_blocks
+        index = 0
+        while index < len(blocks) and blocks[index][0] < offset:
+            index += 1
+        blocks.insert(index, (offset, size))
+        if index + 1 < len(blocks) and offset + size == blocks[index + 1][0]:
+            blocks[index] = (offset, size + blocks[index + 1][1])
+            del blocks[index + 1]
+        if index > 0 and blocks[index - 1][0] + blocks[index - 1][1] == offset:
+            blocks[index - 1] = (blocks[index - 1][0], blocks[index - 1][1] + blocks[index][1])
+            del blocks[index]
+
+    def _overflow_message(self, name, shape, dtype, kind, nbytes, reserved) -> str:
+        largest_live = sorted(self._live.values(), key=lambda allocation: -allocation.nbytes)[:5]
+        holders = "\n".join(
+            f"    {a.name} [{a.kind}] {a.shape} {np.dtype(a.dtype).name}: {_format_bytes(a.nbytes)}" for a in largest_live
+        ) or "    (nothing)"
+        return (
+            f"arena overflow at op {self.op_index}: cannot allocate {name!r} [{kind}] {shape} {dtype.name}, "
+            f"{_format_bytes(nbytes)} ({reserved:,} B aligned).\n"
+            f"  arena capacity {_format_bytes(self.capacity)}, free {_format_bytes(self.free_bytes)}, "
+            f"largest free block {_format_bytes(self.largest_free_block)}.\n"
+            f"  largest live tensors:\n{holders}\n"
+            f"  Fix: enlarge the arena (--arena-bytes), lower the input resolution, or train fewer layers/channels."
+        )

@@ -1,0 +1,213 @@
+"""Graph layers: each owns its frozen parameters (flash) and calls the kernels on arena views it is handed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tinytrain.kernels.channels import bias_backward
+from tinytrain.kernels.conv2d import conv2d_backward_input, conv2d_backward_weight, conv2d_forward
+from tinytrain.kernels.depthwise import depthwise_backward_input, depthwise_backward_weight, depthwise_forward
+from tinytrain.kernels.linear import linear_backward_input, linear_backward_weight, linear_forward
+from tinytrain.kernels.pointwise import pointwise_backward_input, pointwise_backward_weight, pointwise_forward
+from tinytrain.kernels.pool import global_avg_pool_backward, global_avg_pool_forward
+from tinytrain.kernels.relu6 import relu6_backward, relu6_forward
+from tinytrain.kernels.residual import add_forward
+
+Shape = tuple[int, ...]
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int) -> int:
+    return (size + pad_before + pad_after - kernel) // stride + 1
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF "SAME" padding (before, after): output ceil(size / stride); odd totals pad more after."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class Layer:
+    """A node of the graph: reads the tensors named `inputs`, writes the tensor named `output`."""
+
+    has_weight = False
+    relu6 = False
+
+    def __init__(self, name: str, inputs: tuple[str, ...], output: str):
+        self.name = name
+        self.inputs = inputs
+        self.output = output
+
+    def output_shape(self, input_shapes: list[Shape]) -> Shape:
+        raise NotImplementedError
+
+    def macs(self, input_shapes: list[Shape]) -> int:
+        return 0
+
+
+class WeightedLayer(Layer):
+    """A layer with a weight and a bias (BatchNorm already folded in), optionally followed by an in-place ReLU6."""
+
+    has_weight = True
+    is_convolution = True
+    selects_input_by_output = False  # depthwise: the trained channels pick both weight rows and saved input
+
+    def __init__(self, name, inputs, output, weight: np.ndarray, bias: np.ndarray, relu6: bool):
+        super().__init__(name, inputs, output)
+        self.weight = np.ascontiguousarray(weight, dtype=np.float32)
+        self.bias = np.ascontiguousarray(bias, dtype=np.float32)
+        self.relu6 = relu6
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def weight_rows_cols(self) -> np.ndarray:
+        """The weight as (rows, cols, taps), the one layout the SGD kernel updates."""
+        return self.weight.reshape(self.weight.shape[0], self.weight.shape[1], -1)
+
+    def dweight_shape(self, n_out: int, n_in: int) -> Shape:
+        return (n_out, n_in) + self.weight.shape[2:]
+
+    def apply_relu6(self, out: np.ndarray, mask: np.ndarray, save_mask: bool) -> None:
+        if self.relu6:
+            relu6_forward(out.reshape(-1), mask, save_mask)
+
+    def relu6_backward(self, dout: np.ndarray, mask: np.ndarray) -> None:
+        if self.relu6:
+            relu6_backward(dout.reshape(-1), mask)
+
+    def backward_bias(self, dbias: np.ndarray, dout: np.ndarray, out_channels: np.ndarray) -> None:
+        bias_backward(dbias, dout.reshape(dout.shape[0], -1), out_channels)
+
+
+class Conv2d(WeightedLayer):
+    """Dense k x k convolution (the stem). weight (K, C, kh, kw); padding (top, left, bottom, right)."""
+
+    def __init__(self, name, inputs, output, weight, bias, stride: int, padding: tuple[int, int, int, int], relu6):
+        super().__init__(name, inputs, output, weight, bias, relu6)
+        self.stride = stride
+        self.padding = padding
+
+    def output_shape(self, input_shapes):
+        _, height, width = input_shapes[0]
+        top, left, bottom, right = self.padding
+        kernel_h, kernel_w = self.weight.shape[-2:]
+        return (self.out_channels, conv_output_size(height, kernel_h, self.stride, top, bottom),
+                conv_output_size(width, kernel_w, self.stride, left, right))
+
+    def macs(self, input_shapes):
+        _, out_h, out_w = self.output_shape(input_shapes)
+        return int(self.weight.size) * out_h * out_w
+
+    def forward(self, out, x):
+        conv2d_forward(out, x, self.weight, self.bias, self.stride, self.padding[0], self.padding[1])
+
+    def backward_input(self, dx, dout, accumulate):
+        conv2d_backward_input(dx, dout, self.weight, self.stride, self.padding[0], self.padding[1], accumulate)
+
+    def backward_weight(self, dweight, dout, saved_input, out_channels):
+        conv2d_backward_weight(dweight, dout, saved_input, out_channels, self.stride, self.padding[0], self.padding[1])
+
+
+class Depthwise(Conv2d):
+    """Depthwise k x k convolution. weight (C, kh, kw); channel c reads only input channel c."""
+
+    selects_input_by_output = True
+
+    @property
+    def in_channels(self) -> int:
+        return self.out_channels
+
+    @property
+    def weight_rows_cols(self):
+        return self.weight.reshape(self.weight.shape[0], 1, -1)
+
+    def dweight_shape(self, n_out, n_in):
+        return (n_out,) + self.weight.shape[1:]
+
+    def forward(self, out, x):
+        depthwise_forward(out, x, self.weight, self.bias, self.stride, self.padding[0], self.padding[1])
+
+    def backward_input(self, dx, dout, accumulate):
+        depthwise_backward_input(dx, dout, self.weight, self.stride, self.padding[0], self.padding[1], accumulate)
+
+    def backward_weight(self, dweight, dout, saved_input, out_channels):
+        depthwise_backward_weight(dweight, dout, saved_input, out_channels, self.stride, self.padding[0],
+                                  self.padding[1])
+
+
+class Pointwise(WeightedLayer):
+    """1 x 1 convolution, a matrix product over flattened pixels. weight (K, C)."""
+
+    def output_shape(self, input_shapes):
+        _, height, width = input_shapes[0]
+        return (self.out_channels, height, width)
+
+    def macs(self, input_shapes):
+        _, height, width = input_shapes[0]
+        return int(self.weight.size) * height * width
+
+    def forward(self, out, x):
+        pointwise_forward(flat_channels(out), flat_channels(x), self.weight, self.bias)
+
+    def backward_input(self, dx, dout, accumulate):
+        pointwise_backward_input(flat_channels(dx), flat_channels(dout), self.weight, accumulate)
+
+    def backward_weight(self, dweight, dout, saved_input, out_channels):
+        pointwise_backward_weight(dweight, flat_channels(dout), flat_channels(saved_input), out_channels)
+
+
+class Linear(WeightedLayer):
+    """Fully connected classifier. weight (K, C), input (C,)."""
+
+    is_convolution = False
+
+    def output_shape(self, input_shapes):
+        return (self.out_channels,)
+
+    def macs(self, input_shapes):
+        return int(self.weight.size)
+
+    def forward(self, out, x):
+        linear_forward(out, x, self.weight, self.bias)
+
+    def backward_input(self, dx, dout, accumulate):
+        linear_backward_input(dx, dout, self.weight, accumulate)
+
+    def backward_weight(self, dweight, dout, saved_input, out_channels):
+        linear_backward_weight(dweight, dout, saved_input, out_channels)
+
+
+class Add(Layer):
+    """Residual add of two same-shaped tensors; its backward hands the output gradient to both inputs."""
+
+    def output_shape(self, input_shapes):
+        if input_shapes[0] != input_shapes[1]:
+            raise ValueError(f"{self.name}: residual add of different shapes {input_shapes[0]} and {input_shapes[1]}")
+        return input_shapes[0]
+
+    def forward(self, out, a, b):
+        add_forward(out.reshape(-1), a.reshape(-1), b.reshape(-1))
+
+
+class GlobalAvgPool(Layer):
+    """Mean over all pixels of each channel: (C, H, W) -> (C,)."""
+
+    def output_shape(self, input_shapes):
+        return (input_shapes[0][0],)
+
+    def forward(self, out, x):
+        global_avg_pool_forward(out, flat_channels(x))
+
+    def backward_input(self, dx, dout, accumulate):
+        global_avg_pool_backward(flat_channels(dx), dout, accumulate)
+
+
+def flat_channels(x: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (C, H*W) view."""
+    return x.reshape(x.shape[0], -1)

@@ -1,0 +1,115 @@
+"""What one training step updates (UpdatePlan), and the schedule that follows from it before any data exists."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tinytrain.graph import Graph
+
+
+@dataclass(frozen=True)
+class LayerUpdate:
+    """The trained part of one layer. Empty `out_channels` means its weight is frozen (bias-only if `bias`)."""
+
+    out_channels: np.ndarray  # (n_out,) int64 weight rows; for depthwise also the channels of the saved input
+    in_channels: np.ndarray  # (n_in,) int64 input channels of the saved input; ignored by depthwise
+    bias: bool = True
+
+    @property
+    def trains_weight(self) -> bool:
+        return len(self.out_channels) > 0
+
+
+@dataclass
+class UpdatePlan:
+    """Per-layer updates; a layer that is absent is frozen."""
+
+    updates: dict[str, LayerUpdate] = field(default_factory=dict)
+
+    @classmethod
+    def dense(cls, graph: Graph) -> UpdatePlan:
+        return cls({layer.name: full_update(layer) for layer in graph.layers if layer.has_weight})
+
+    @classmethod
+    def frozen(cls) -> UpdatePlan:
+        return cls({})
+
+
+def full_update(layer) -> LayerUpdate:
+    return LayerUpdate(np.arange(layer.out_channels, dtype=np.int64), np.arange(layer.in_channels, dtype=np.int64))
+
+
+def covers_all(channels: np.ndarray, count: int) -> bool:
+    return len(channels) == count and bool(np.all(channels == np.arange(count)))
+
+
+# Saved-input modes of a trained layer: keep its whole input alive, or keep a compact copy of the chosen channels.
+RETAIN, GATHER = "retain", "gather"
+
+
+@dataclass(frozen=True)
+class LayerSchedule:
+    runs_backward: bool  # its output needs a gradient
+    input_needs_grad: tuple[bool, ...]  # per input: compute a gradient for it (False below the earliest trained layer)
+    save_mask: bool  # keep the bit-packed ReLU6 mask for backward
+    saved_input: str | None  # RETAIN, GATHER or None
+    saved_channels: np.ndarray | None  # (n,) the input channels GATHER copies
+    update: LayerUpdate | None
+
+
+@dataclass
+class StepSchedule:
+    """The symbolic run of one step: per layer what it saves and computes, per tensor when it dies in forward."""
+
+    layers: list[LayerSchedule]
+    last_forward_use: dict[str, int]  # tensor -> index of its last consumer in forward
+    retained_by: dict[str, int]  # tensor kept whole for backward -> how many layers hold it
+
+    def op_names(self, graph: Graph) -> list[str]:
+        """Op index -> label: forward layers, the loss, then backward layers in reverse."""
+        forward = [f"fwd {layer.name}" for layer in graph.layers]
+        backward = [f"bwd {layer.name}" for layer in reversed(graph.layers)]
+        return forward + ["loss"] + backward
+
+
+def schedule_step(graph: Graph, plan: UpdatePlan) -> StepSchedule:
+    unknown = set(plan.updates) - {layer.name for layer in graph.layers if layer.has_weight}
+    if unknown:
+        raise ValueError(f"update plan names layers the graph has no weights for: {sorted(unknown)}")
+    requires_grad = {graph.input_name: False}
+    last_forward_use: dict[str, int] = {}
+    retained_by: dict[str, int] = {}
+    layers = []
+    for index, layer in enumerate(graph.layers):
+        update = plan.updates.get(layer.name)
+        input_needs_grad = tuple(requires_grad[name] for name in layer.inputs)
+        trained = update is not None and (update.trains_weight or update.bias)
+        runs_backward = trained or any(input_needs_grad)
+        requires_grad[layer.output] = runs_backward
+        for name in layer.inputs:
+            last_forward_use[name] = index
+        saved_input, saved_channels = None, None
+        if update is not None and update.trains_weight:
+            channels = update.out_channels if layer.selects_input_by_output else update.in_channels
+            _check_channels(layer, update, channels)
+            if covers_all(channels, layer.in_channels):
+                saved_input = RETAIN
+                retained_by[layer.inputs[0]] = retained_by.get(layer.inputs[0], 0) + 1
+            else:
+                saved_input, saved_channels = GATHER, channels
+        layers.append(LayerSchedule(runs_backward, input_needs_grad, layer.relu6 and runs_backward, saved_input,
+                                    saved_channels, update))
+    return StepSchedule(layers, last_forward_use, retained_by)
+
+
+def _check_channels(layer, update: LayerUpdate, in_channels: np.ndarray) -> None:
+    for what, channels, count in (("out_channels", update.out_channels, layer.out_channels),
+                                  ("in_channels", in_channels, layer.in_channels)):
+        if channels.dtype != np.int64 or channels.ndim != 1:
+            raise ValueError(f"{layer.name}: {what} must be a 1-d int64 array, got {channels.dtype} {channels.shape}")
+        if len(channels) and (channels.min() < 0 or channels.max() >= count):
+            raise ValueError(f"{layer.name}: {what} out of range [0, {count})")
+        if len(np.unique(channels)) != len(channels):
+            raise ValueError(f"{layer.name}: {what} has repeated channels")
