@@ -52,4 +52,4 @@ class TorchGraph:
         logits = self.forward(torch.tensor(image[None]))[self.graph.output_name]
         loss = F.cross_entropy(logits, torch.tensor([label]))
         loss.backward()
-        return float(loss), {name: p.grad.numpy().copy() for name, p in self.parameters.items()}
+        return loss.item(), {name: p.grad.numpy().copy() for name, p in self.parameters.items()}

@@ -53,7 +53,8 @@ class Arena:
     used, which also counts alignment padding and fragmentation: the buffer size a device must really have.
     """
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY, alignment: int = DEFAULT_ALIGNMENT):
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, alignment: int = DEFAULT_ALIGNMENT, tracing: bool = True):
+        """`tracing=False` keeps the peaks but not the event list (long runs would grow it without bound)."""
         if capacity <= 0:
             raise ValueError(f"arena capacity must be positive, got {capacity}")
         if alignment <= 0 or alignment & (alignment - 1):
@@ -67,7 +68,7 @@ class Arena:
         self._free_blocks: list[tuple[int, int]] = [(self._base_shift, capacity - self._base_shift)]
         self._live: dict[int, Allocation] = {}
         self.op_index = 0
-        self.tracing = True
+        self.tracing = tracing
         self.trace: list[TraceEvent] = []
         self.live_bytes = 0
         self.live_bytes_by_kind = dict.fromkeys(KINDS, 0)

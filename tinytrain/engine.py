@@ -52,11 +52,16 @@ class StepResult:
 
 
 class Engine:
-    """Owns nothing but the graph and the arena; every tensor of a step is allocated and freed here."""
+    """Runs steps of one graph in one arena; every tensor of a step is allocated and freed there."""
 
-    def __init__(self, graph: Graph, arena: Arena):
+    def __init__(self, graph: Graph, arena: Arena, wgrad_tile_bytes: int | None = None):
+        """`wgrad_tile_bytes`: compute and apply each weight gradient in tiles of output rows of at most this many
+        bytes (at least one row), instead of all at once; the result is identical, the wgrad peak is bounded."""
+        if wgrad_tile_bytes is not None and wgrad_tile_bytes <= 0:
+            raise ValueError(f"wgrad_tile_bytes must be positive, got {wgrad_tile_bytes}")
         self.graph = graph
         self.arena = arena
+        self.wgrad_tile_bytes = wgrad_tile_bytes
         std = np.asarray(graph.preprocessing.std, dtype=np.float32)
         mean = np.asarray(graph.preprocessing.mean, dtype=np.float32)
         self._pixel_scale = (1.0 / (255.0 * std)).astype(np.float32)  # (3,)
@@ -214,14 +219,22 @@ class Engine:
                         _FIRST_COLUMN)
             arena.free(dbias)
         if layer_update.trains_weight:
-            rows = layer_update.out_channels
             cols = _FIRST_COLUMN if layer.selects_input_by_output else layer_update.in_channels
-            dweight = arena.alloc(f"{layer.name}.dweight", layer.dweight_shape(len(rows), len(cols)), np.float32,
-                                  "wgrad")
-            layer.backward_weight(dweight, dout, saved_input, rows)
-            self._apply(update, f"{layer.name}.weight", layer.weight_rows_cols,
-                        dweight.reshape(len(rows), len(cols), -1), rows, cols)
-            arena.free(dweight)
+            # Rows of dW are independent, so they can be computed and applied a tile at a time.
+            row_bytes = 4 * int(np.prod(layer.dweight_shape(1, len(cols))))
+            rows_per_tile = len(layer_update.out_channels)
+            if self.wgrad_tile_bytes is not None:
+                rows_per_tile = max(1, self.wgrad_tile_bytes // row_bytes)
+            for start in range(0, len(layer_update.out_channels), rows_per_tile):
+                rows = layer_update.out_channels[start:start + rows_per_tile]
+                dweight = arena.alloc(f"{layer.name}.dweight", layer.dweight_shape(len(rows), len(cols)),
+                                      np.float32, "wgrad")
+                # depthwise: row j of the saved input belongs to out_channels[j], so it is tiled alongside
+                tile_input = saved_input[start:start + rows_per_tile] if layer.selects_input_by_output else saved_input
+                layer.backward_weight(dweight, dout, tile_input, rows)
+                self._apply(update, f"{layer.name}.weight", layer.weight_rows_cols,
+                            dweight.reshape(len(rows), len(cols), -1), rows, cols)
+                arena.free(dweight)
 
     def _apply(self, update: _Update, parameter: str, weight, dweight, rows, cols) -> None:
         """weight (rows, cols, taps) -= SGD step from dweight (n_rows, n_cols, taps) at [rows][:, cols]."""

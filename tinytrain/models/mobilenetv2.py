@@ -34,9 +34,10 @@ class _Parameters:
 
     def conv(self, conv_key: str, bn_key: str, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         if self.weights is None:
-            # Kaiming normal, fan_out mode (torchvision's MobileNetV2 init); BatchNorm starts as the identity.
-            fan_out = shape[0] * int(np.prod(shape[2:]))
-            weight = self.rng.normal(0.0, np.sqrt(2.0 / fan_out), size=shape)
+            # Kaiming normal in fan_in mode: with no BatchNorm to renormalise, it keeps the forward signal's
+            # variance from layer to layer (He et al. 2015, eq. 10). The folded bias starts at zero.
+            fan_in = int(np.prod(shape[1:]))
+            weight = self.rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape)
             return weight.astype(np.float32), np.zeros(shape[0], dtype=np.float32)
         weight = self._tensor(f"{conv_key}.weight", shape)
         gamma, beta, mean, var = (self._tensor(f"{bn_key}.{name}", (shape[0],))

@@ -1,0 +1,49 @@
+"""Measure the arena over one inference or one training step: whole-step peak, peak per kind, feature memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinytrain.arena import Allocation, Arena
+from tinytrain.engine import SGD, Engine
+from tinytrain.graph import Graph
+from tinytrain.plan import UpdatePlan
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """What the arena measured over one step, in bytes."""
+
+    arena_bytes: int  # capacity of the arena the step ran in
+    whole_step_peak_bytes: int  # most bytes live at once, every kind together
+    peak_bytes_by_kind: dict[str, int]  # most bytes live at once of each kind (not necessarily at the same moment)
+    feature_bytes: int  # peak of the "saved" kind: what forward keeps for backward
+    high_water_bytes: int  # highest arena address used: the peak plus alignment padding and fragmentation
+    live_at_peak: list[Allocation]
+
+    @classmethod
+    def from_arena(cls, arena: Arena) -> StepMemory:
+        return cls(arena.capacity, arena.peak_bytes, dict(arena.peak_bytes_by_kind),
+                   arena.peak_bytes_by_kind["saved"], arena.high_water_bytes, list(arena.live_at_peak))
+
+
+def _blank_image(graph: Graph) -> np.ndarray:
+    """Memory does not depend on pixel values, so any image of the right shape measures it."""
+    channels, height, width = graph.input_shape
+    return np.zeros((height, width, channels), dtype=np.uint8)
+
+
+def measure_inference(graph: Graph, arena_bytes: int) -> StepMemory:
+    arena = Arena(arena_bytes)
+    Engine(graph, arena).infer(_blank_image(graph))
+    return StepMemory.from_arena(arena)
+
+
+def measure_training_step(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SGD(lr=0.0)) -> StepMemory:
+    """A dry run of one step: every buffer is allocated and computed, no weight changes. Raises ArenaOverflow
+    if the plan does not fit."""
+    arena = Arena(arena_bytes)
+    Engine(graph, arena).train_step(_blank_image(graph), 0, plan, sgd, apply_update=False)
+    return StepMemory.from_arena(arena)
