@@ -1,0 +1,149 @@
+"""Sparse updates: selected-channel gradients are slices of the dense ones, memory is exact, draws behave."""
+
+import numpy as np
+import pytest
+import torch
+
+from tinytrain.arena import Arena
+from tinytrain.engine import SGD, Engine
+from tinytrain.memory import measure_training_step
+from tinytrain.models.mobilenetv2 import build_mobilenetv2
+from tinytrain.plan import LayerUpdate, UpdatePlan, full_update
+from tinytrain.sparse import Coverage, conv_weight_fraction, make_policy, sparse_layers
+
+from torch_graph import TorchGraph
+
+BIG_ARENA = 64 << 20
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+
+
+def small_model(seed=0):
+    return build_mobilenetv2(resolution=64, width_mult=0.35, seed=seed)
+
+
+def observed_gradients(graph, image, label, plan):
+    gradients = {}
+
+    def observe(parameter, dparameter, rows, cols):
+        gradients[parameter] = (dparameter.copy(), rows.copy(), cols.copy())
+
+    Engine(graph, Arena(BIG_ARENA)).train_step(image, label, plan, SGD(lr=0.0), observe_gradient=observe)
+    return gradients
+
+
+def channel_plan(graph, rng):
+    """Random channel subsets in one layer of every type: stem conv, depthwise, pointwise, linear."""
+    plan = {}
+    for name in ("features.0", "features.3.depthwise", "features.3.project", "features.18", "classifier"):
+        layer = graph.layer(name)
+        rows = np.sort(rng.choice(layer.out_channels, size=max(1, layer.out_channels // 3), replace=False))
+        cols = np.sort(rng.choice(layer.in_channels, size=max(1, layer.in_channels // 4), replace=False))
+        plan[name] = LayerUpdate(rows.astype(np.int64), rows.astype(np.int64) if layer.selects_input_by_output
+                                 else cols.astype(np.int64))
+    return UpdatePlan(plan)
+
+
+def test_selected_channel_gradients_equal_the_slice_of_the_dense_gradient(image):
+    graph = small_model()
+    dense = observed_gradients(graph, image, 3, UpdatePlan.dense(graph))
+    sparse = observed_gradients(graph, image, 3, channel_plan(graph, np.random.default_rng(1)))
+    assert len(sparse) == 10
+    for name, (gradient, rows, cols) in sparse.items():
+        full = dense[name][0]
+        expected = full[rows][:, cols] if name.endswith(".weight") else full[rows]
+        np.testing.assert_allclose(gradient, expected, rtol=1e-5, atol=1e-6 * np.abs(full).max(), err_msg=name)
+
+
+def test_sparse_step_matches_torch_sgd_restricted_to_the_same_channels(image):
+    graph = small_model(seed=4)
+    plan = channel_plan(graph, np.random.default_rng(2))
+    preprocessed = ((image.transpose(2, 0, 1) / 255.0 - 0.5) / 0.5).astype(np.float32)
+    torch_graph = TorchGraph(graph)
+    _, reference = torch_graph.gradients(preprocessed, label=7)
+    before = {name: p.detach().numpy().copy() for name, p in torch_graph.parameters.items()}
+    lr = 0.05
+    Engine(graph, Arena(BIG_ARENA)).train_step(image, 7, plan, SGD(lr=lr))
+    for layer in graph.weighted_layers:
+        expected_weight = before[f"{layer.name}.weight"].copy()
+        expected_bias = before[f"{layer.name}.bias"].copy()
+        update = plan.updates.get(layer.name)
+        if update is not None:
+            rows = update.out_channels
+            if layer.selects_input_by_output:
+                expected_weight[rows] -= lr * reference[f"{layer.name}.weight"][rows]
+            else:
+                grid = np.ix_(rows, update.in_channels)
+                expected_weight[grid] -= lr * reference[f"{layer.name}.weight"][grid]
+            expected_bias -= lr * reference[f"{layer.name}.bias"]
+        np.testing.assert_allclose(layer.weight, expected_weight, rtol=1e-5, atol=1e-6, err_msg=layer.name)
+        np.testing.assert_allclose(layer.bias, expected_bias, rtol=1e-5, atol=1e-6, err_msg=layer.name)
+
+
+def test_saved_feature_bytes_equal_the_hand_count():
+    graph = small_model()  # width 0.35 at 64x64: the last blocks run at 2x2 pixels
+    chosen = np.array([0, 5, 9, 100, 200, 300, 335], dtype=np.int64)
+    plan = UpdatePlan({
+        "features.17.project": LayerUpdate(np.arange(112, dtype=np.int64), chosen),
+        "classifier": full_update(graph.layer("classifier")),
+    })
+    memory = measure_training_step(graph, plan, BIG_ARENA)
+    compact_input = 7 * 2 * 2 * 4  # 7 of the 336 depthwise channels of block 17, 2x2 pixels, float32
+    head_mask = 1280 * 2 * 2 // 8  # ReLU6 of features.18: backward passes through it, 1 bit per element
+    pooled = 1280 * 4  # the classifier trains fully, so its whole (1280,) input is kept
+    probabilities = 10 * 4  # softmax output for the loss gradient
+    assert graph.shapes["features.17.depthwise"] == (336, 2, 2)
+    assert memory.feature_bytes == compact_input + head_mask + pooled + probabilities
+
+
+def test_dynamic_draws_differ_between_steps_and_repeat_with_the_seed():
+    graph = small_model()
+    first, again = make_policy("dynamic", graph, seed=11), make_policy("dynamic", graph, seed=11)
+    plans = [first.plan(step, 0) for step in range(3)]
+    for layer in plans[0].updates:
+        if layer != "classifier":  # a handful of channels out of many: two equal draws are all but impossible
+            channels = [plan.updates[layer].in_channels for plan in plans]
+            assert not np.array_equal(channels[0], channels[1]), layer
+            assert not np.array_equal(channels[1], channels[2]), layer
+    for step, plan in enumerate(plans):
+        repeated = again.plan(step, 0)
+        for name, update in plan.updates.items():
+            np.testing.assert_array_equal(update.in_channels, repeated.updates[name].in_channels)
+    assert conv_weight_fraction(graph, plans[0]) <= 0.02
+
+
+def test_static_never_changes_and_dynamic_epoch_redraws_once_per_epoch():
+    graph = small_model()
+    static = make_policy("static", graph)
+    assert static.plan(0, 0) is static.plan(500, 3)
+    per_epoch = make_policy("dynamic-epoch", graph, seed=1)
+    assert per_epoch.plan(0, 0) is per_epoch.plan(9, 0)
+    assert per_epoch.plan(10, 1) is not per_epoch.plan(0, 0)
+
+
+def test_static_picks_the_largest_norm_channels():
+    graph = small_model()
+    layers = sparse_layers(graph, 0.02)
+    plan = make_policy("static", graph).plan(0, 0)
+    x = layers[-1]
+    layer = graph.layer(x.name)
+    norms = np.linalg.norm(layer.weight, axis=0)  # per input channel
+    chosen = plan.updates[x.name].in_channels
+    assert len(chosen) == x.channels
+    assert norms[chosen].min() >= np.delete(norms, chosen).max()
+
+
+def test_coverage_grows_to_all_weights_of_the_trained_layers():
+    graph = small_model()
+    policy = make_policy("dynamic", graph, seed=0)
+    coverage = Coverage(graph)
+    fractions = []
+    for step in range(400):
+        coverage.record(policy.plan(step, 0))
+        fractions.append(coverage.fraction)
+    assert fractions[0] < 0.5
+    assert fractions == sorted(fractions)
+    assert fractions[-1] > 0.99
