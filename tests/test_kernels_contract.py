@@ -1,0 +1,103 @@
+"""Every kernel: the plain Python `_name` and the jitted `name` agree, and the jitted call allocates nothing."""
+
+import copy
+
+import numpy as np
+import pytest
+from kernel_references import conv_output_size, count_allocations, random_array
+from numba.core.dispatcher import Dispatcher
+
+from tinytrain.kernels import channels, conv2d, depthwise, linear, loss, pointwise, pool, relu6, residual, sgd
+
+MODULES = [conv2d, depthwise, pointwise, relu6, residual, pool, linear, loss, channels, sgd]
+
+
+def kernel_calls():
+    """(id, jitted kernel, arguments) for every kernel and mode, with the shapes and dtypes the graph passes."""
+    rng = np.random.default_rng(40)
+
+    def array(*shape):
+        return random_array(rng, *shape)
+
+    n_in, n_out, height, width, n_pixels = 3, 4, 9, 8, 72
+    # 3x3 stride 2, TF "SAME" on 9x8: pad top/left 1/0, bottom/right 1/1 (implied by the output shape).
+    out_h, out_w = conv_output_size(height, 3, 2, 1, 1), conv_output_size(width, 3, 2, 0, 1)
+    conv = (2, 1, 0)  # stride, pad_top, pad_left
+    some_out, some_in = np.array([3, 0, 1], dtype=np.int64), np.array([2, 0], dtype=np.int64)
+    all_out = np.arange(n_out, dtype=np.int64)
+    n_mask = 53  # not a multiple of 8
+    calls = [
+        ("conv2d_forward", conv2d.conv2d_forward,
+         (array(n_out, out_h, out_w), array(n_in, height, width), array(n_out, n_in, 3, 3), array(n_out)) + conv),
+        ("depthwise_forward", depthwise.depthwise_forward,
+         (array(n_in, out_h, out_w), array(n_in, height, width), array(n_in, 3, 3), array(n_in)) + conv),
+        ("pointwise_forward", pointwise.pointwise_forward,
+         (array(n_out, n_pixels), array(n_in, n_pixels), array(n_out, n_in), array(n_out))),
+        ("linear_forward", linear.linear_forward, (array(n_out), array(n_in), array(n_out, n_in), array(n_out))),
+        ("conv2d_backward_weight", conv2d.conv2d_backward_weight,
+         (array(3, 2, 3, 3), array(n_out, out_h, out_w), array(2, height, width), some_out) + conv),
+        ("depthwise_backward_weight", depthwise.depthwise_backward_weight,
+         (array(2, 3, 3), array(n_in, out_h, out_w), array(2, height, width), some_in) + conv),
+        ("pointwise_backward_weight", pointwise.pointwise_backward_weight,
+         (array(3, 2), array(n_out, n_pixels), array(2, n_pixels), some_out)),
+        ("pointwise_backward_weight-dense", pointwise.pointwise_backward_weight,
+         (array(n_out, n_in), array(n_out, n_pixels), array(n_in, n_pixels), all_out)),
+        ("linear_backward_weight", linear.linear_backward_weight, (array(3, 2), array(n_out), array(2), some_out)),
+        ("relu6_forward", relu6.relu6_forward, (8 * array(n_mask), np.zeros(7, np.uint8), True)),
+        ("relu6_forward-no-mask", relu6.relu6_forward, (8 * array(n_mask), np.zeros(0, np.uint8), False)),
+        ("relu6_backward", relu6.relu6_backward,
+         (array(n_mask), rng.integers(0, 256, 7).astype(np.uint8))),
+        ("add_forward", residual.add_forward, (array(n_pixels), array(n_pixels), array(n_pixels))),
+        ("global_avg_pool_forward", pool.global_avg_pool_forward, (array(n_in), array(n_in, n_pixels))),
+        ("softmax_cross_entropy_forward", loss.softmax_cross_entropy_forward, (array(10), array(10), 7)),
+        ("softmax_cross_entropy_backward", loss.softmax_cross_entropy_backward, (array(10), array(10), 7)),
+        ("gather_channels", channels.gather_channels, (array(2, n_pixels), array(n_in, n_pixels), some_in)),
+        ("bias_backward", channels.bias_backward, (array(3), array(n_out, n_pixels), some_out)),
+    ]
+    for accumulate in (False, True):
+        calls += [
+            (f"conv2d_backward_input-{accumulate}", conv2d.conv2d_backward_input,
+             (array(n_in, height, width), array(n_out, out_h, out_w), array(n_out, n_in, 3, 3)) + conv + (accumulate,)),
+            (f"depthwise_backward_input-{accumulate}", depthwise.depthwise_backward_input,
+             (array(n_in, height, width), array(n_in, out_h, out_w), array(n_in, 3, 3)) + conv + (accumulate,)),
+            (f"pointwise_backward_input-{accumulate}", pointwise.pointwise_backward_input,
+             (array(n_in, n_pixels), array(n_out, n_pixels), array(n_out, n_in), accumulate)),
+            (f"linear_backward_input-{accumulate}", linear.linear_backward_input,
+             (array(n_in), array(n_out), array(n_out, n_in), accumulate)),
+            (f"global_avg_pool_backward-{accumulate}", pool.global_avg_pool_backward,
+             (array(n_in, n_pixels), array(n_in), accumulate)),
+        ]
+    for buffer, momentum in [("none", 0.0), ("whole", 0.9)]:
+        buffer_shape = {"none": (0, 0, 0), "whole": (n_out, n_in, 9)}[buffer]
+        calls.append((f"sgd_update-{buffer}", sgd.sgd_update,
+                      (array(n_out, n_in, 9), array(3, 2, 9), array(*buffer_shape), some_out, some_in, 0.1, momentum,
+                       1e-4)))
+    return calls
+
+
+CALLS = kernel_calls()
+
+
+@pytest.mark.parametrize("kernel, arguments", [call[1:] for call in CALLS], ids=[call[0] for call in CALLS])
+def test_plain_and_jitted_kernels_agree(kernel, arguments):
+    plain_arguments, jitted_arguments = copy.deepcopy(arguments), copy.deepcopy(arguments)
+    plain_result = kernel.py_func(*plain_arguments)
+    jitted_result = kernel(*jitted_arguments)
+    assert plain_result == pytest.approx(jitted_result, rel=1e-6)
+    for plain, jitted in zip(plain_arguments, jitted_arguments):
+        np.testing.assert_allclose(jitted, plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel, arguments", [call[1:] for call in CALLS], ids=[call[0] for call in CALLS])
+def test_jitted_kernel_allocates_nothing(kernel, arguments):
+    assert count_allocations(kernel, *copy.deepcopy(arguments)) == 0
+
+
+def test_every_kernel_is_called_above():
+    """A new kernel must join kernel_calls(), so that both checks above cover it."""
+    for module in MODULES:
+        kernels = {name: value for name, value in vars(module).items()
+                   if isinstance(value, Dispatcher) and value.py_func.__module__ == module.__name__}
+        for name, kernel in kernels.items():
+            assert kernel.py_func is getattr(module, "_" + name), "each kernel is name = njit(...)(_name)"
+            assert any(called is kernel for _, called, _ in CALLS), f"{module.__name__}.{name} is not called"

@@ -1,0 +1,249 @@
+"""Convolution kernels (conv2d, depthwise, pointwise): hand cases, central differences, PyTorch, sparse slices."""
+
+import numpy as np
+import pytest
+from kernel_references import (conv_output_size, numerical_gradient, random_array, selection, torch_conv2d,
+                               torch_gradients, unwritten)
+
+from tinytrain.kernels.channels import _bias_backward, bias_backward
+from tinytrain.kernels.conv2d import (_conv2d_backward_input, _conv2d_backward_weight, _conv2d_forward,
+                                      conv2d_backward_input, conv2d_backward_weight, conv2d_forward)
+from tinytrain.kernels.depthwise import (_depthwise_backward_input, _depthwise_backward_weight, _depthwise_forward,
+                                         depthwise_backward_input, depthwise_backward_weight, depthwise_forward)
+from tinytrain.kernels.pointwise import (_pointwise_backward_input, _pointwise_backward_weight, _pointwise_forward,
+                                         pointwise_backward_input, pointwise_backward_weight, pointwise_forward)
+
+# float32 kernels against a float64 reference: sums of a few hundred O(1) products agree to ~1e-5.
+TOLERANCE = dict(rtol=1e-4, atol=1e-4)
+
+# (C, K, H, W, kernel (kh, kw), stride, padding (top, left, bottom, right)): odd sizes, stride 2, TF "SAME" on even
+# and odd inputs (bottom/right only), symmetric, asymmetric, a non-square kernel, and padding larger than needed.
+CONV_CASES = [
+    (3, 4, 8, 8, (3, 3), 2, (0, 0, 1, 1)),
+    (3, 5, 7, 9, (3, 3), 2, (1, 1, 1, 1)),
+    (2, 3, 5, 6, (3, 2), 1, (1, 0, 2, 1)),
+    (4, 2, 9, 7, (5, 5), 2, (2, 2, 2, 2)),
+    (1, 3, 4, 5, (1, 1), 1, (0, 0, 0, 0)),
+    (2, 2, 6, 6, (3, 3), 2, (0, 1, 2, 0)),
+]
+DEPTHWISE_CASES = [(n_out, height, width, kernel, stride, padding)
+                   for _, n_out, height, width, kernel, stride, padding in CONV_CASES]
+
+
+def output_shape(n_channels, height, width, kernel, stride, padding):
+    top, left, bottom, right = padding
+    return (n_channels, conv_output_size(height, kernel[0], stride, top, bottom),
+            conv_output_size(width, kernel[1], stride, left, right))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Hand-computed cases
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_conv2d_by_hand():
+    # input 1..9 on a 3x3 grid; weight [[1, 0], [0, -1]] takes input[y, x] - input[y+1, x+1] = -4 everywhere.
+    input = np.arange(1, 10, dtype=np.float32).reshape(1, 3, 3)
+    weight = np.array([[1, 0], [0, -1]], dtype=np.float32).reshape(1, 1, 2, 2)
+    out = unwritten(1, 2, 2)
+    conv2d_forward(out, input, weight, np.array([0.5], dtype=np.float32), 1, 0, 0)
+    np.testing.assert_array_equal(out, np.full((1, 2, 2), -3.5, dtype=np.float32))
+
+
+def test_depthwise_same_padding_by_hand():
+    # TF "SAME", stride 2 on a 4x4 input: pad only bottom/right, so the 3x3 box of ones sees 9, 6, 6, 4 real pixels.
+    out = unwritten(1, 2, 2)
+    depthwise_forward(out, np.ones((1, 4, 4), np.float32), np.ones((1, 3, 3), np.float32),
+                      np.zeros(1, np.float32), 2, 0, 0)
+    np.testing.assert_array_equal(out[0], [[9, 6], [6, 4]])
+    # Backward: each input pixel receives one 1 per output window that covers it.
+    dinput = unwritten(1, 4, 4)
+    depthwise_backward_input(dinput, np.ones((1, 2, 2), np.float32), np.ones((1, 3, 3), np.float32), 2, 0, 0, False)
+    np.testing.assert_array_equal(dinput[0], [[1, 1, 2, 1], [1, 1, 2, 1], [2, 2, 4, 2], [1, 1, 2, 1]])
+
+
+def test_pointwise_by_hand():
+    out = unwritten(2, 3)
+    weight = np.array([[1, 2], [3, 4]], dtype=np.float32)
+    input = np.array([[1, 0, 2], [0, 1, 1]], dtype=np.float32)
+    pointwise_forward(out, input, weight, np.array([10, 20], dtype=np.float32))
+    np.testing.assert_array_equal(out, [[11, 12, 14], [23, 24, 30]])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Central differences on the plain Python kernels in float64
+# ---------------------------------------------------------------------------------------------------------------------
+# loss = sum(forward(input, weight, bias) * dout) with a random dout, so d loss / d out = dout and the backward
+# kernels applied to dout must give its exact gradients. Convolutions are linear in each argument, so central
+# differences are exact up to float64 rounding: a tolerance of 1e-7 leaves room for rounding only.
+
+FINITE_DIFFERENCE_TOLERANCE = dict(rtol=1e-7, atol=1e-7)
+
+
+def check_convolution_gradients(forward, backward_input, backward_weight, input, weight, bias, dout, *geometry):
+    """geometry = (stride, pad_top, pad_left); all arrays float64."""
+    out = np.zeros_like(dout)
+
+    def loss():
+        forward(out, input, weight, bias, *geometry)
+        return np.sum(out * dout)
+
+    dinput = np.zeros_like(input)
+    backward_input(dinput, dout, weight, *geometry, False)
+    dweight = np.zeros_like(weight)
+    channels = np.arange(weight.shape[0])  # dense: every output channel, the whole input
+    backward_weight(dweight, dout, input, channels, *geometry)
+    dbias = np.zeros_like(bias)
+    _bias_backward(dbias, dout.reshape(dout.shape[0], -1), channels)
+
+    np.testing.assert_allclose(dinput, numerical_gradient(loss, input), **FINITE_DIFFERENCE_TOLERANCE)
+    np.testing.assert_allclose(dweight, numerical_gradient(loss, weight), **FINITE_DIFFERENCE_TOLERANCE)
+    np.testing.assert_allclose(dbias, numerical_gradient(loss, bias), **FINITE_DIFFERENCE_TOLERANCE)
+
+
+@pytest.mark.parametrize("stride, padding", [(1, (1, 1, 1, 1)), (2, (0, 1, 1, 0))])
+def test_conv2d_central_differences(stride, padding):
+    rng = np.random.default_rng(0)
+    n_in, n_out, height, width, kernel = 2, 3, 5, 4, (3, 3)
+    dout = rng.standard_normal(output_shape(n_out, height, width, kernel, stride, padding))
+    check_convolution_gradients(_conv2d_forward, _conv2d_backward_input, _conv2d_backward_weight,
+                                rng.standard_normal((n_in, height, width)), rng.standard_normal((n_out, n_in) + kernel),
+                                rng.standard_normal(n_out), dout, stride, padding[0], padding[1])
+
+
+@pytest.mark.parametrize("stride, padding", [(1, (1, 1, 1, 1)), (2, (0, 0, 1, 1))])
+def test_depthwise_central_differences(stride, padding):
+    rng = np.random.default_rng(1)
+    n_channels, height, width, kernel = 3, 5, 6, (3, 3)
+    dout = rng.standard_normal(output_shape(n_channels, height, width, kernel, stride, padding))
+    check_convolution_gradients(_depthwise_forward, _depthwise_backward_input, _depthwise_backward_weight,
+                                rng.standard_normal((n_channels, height, width)),
+                                rng.standard_normal((n_channels,) + kernel), rng.standard_normal(n_channels), dout,
+                                stride, padding[0], padding[1])
+
+
+def test_pointwise_central_differences():
+    rng = np.random.default_rng(2)
+    n_in, n_out, n_pixels = 3, 4, 5
+    input, weight = rng.standard_normal((n_in, n_pixels)), rng.standard_normal((n_out, n_in))
+    bias, dout = rng.standard_normal(n_out), rng.standard_normal((n_out, n_pixels))
+    out = np.zeros_like(dout)
+
+    def loss():
+        _pointwise_forward(out, input, weight, bias)
+        return np.sum(out * dout)
+
+    dinput, dweight = np.zeros_like(input), np.zeros_like(weight)
+    _pointwise_backward_input(dinput, dout, weight, False)
+    _pointwise_backward_weight(dweight, dout, input, np.arange(n_out))
+    np.testing.assert_allclose(dinput, numerical_gradient(loss, input), **FINITE_DIFFERENCE_TOLERANCE)
+    np.testing.assert_allclose(dweight, numerical_gradient(loss, weight), **FINITE_DIFFERENCE_TOLERANCE)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# PyTorch: forward, input gradient (overwrite and accumulate), dense and selected-channel weight gradients
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def check_input_gradient(backward_input, expected, rng, *arguments):
+    """accumulate=False overwrites whatever dinput held; accumulate=True adds to its content."""
+    dinput = unwritten(*expected.shape)
+    backward_input(dinput, *arguments, False)
+    np.testing.assert_allclose(dinput, expected, **TOLERANCE)
+    previous = random_array(rng, *expected.shape)
+    dinput = previous.copy()
+    backward_input(dinput, *arguments, True)
+    np.testing.assert_allclose(dinput, previous + expected, **TOLERANCE)
+
+
+def check_bias_gradient(dout, expected):
+    dbias = unwritten(dout.shape[0])
+    bias_backward(dbias, dout.reshape(dout.shape[0], -1), np.arange(dout.shape[0]))
+    np.testing.assert_allclose(dbias, expected, **TOLERANCE)
+
+
+@pytest.mark.parametrize("n_in, n_out, height, width, kernel, stride, padding", CONV_CASES)
+def test_conv2d_matches_torch(n_in, n_out, height, width, kernel, stride, padding):
+    rng = np.random.default_rng(3)
+    input, weight, bias = (random_array(rng, n_in, height, width), random_array(rng, n_out, n_in, *kernel),
+                           random_array(rng, n_out))
+    dout = random_array(rng, *output_shape(n_out, height, width, kernel, stride, padding))
+    expected_out, expected_dinput, expected_dweight, expected_dbias = torch_conv2d(input, weight, bias, dout, stride,
+                                                                                   padding)
+    top, left = padding[:2]
+
+    out = unwritten(*dout.shape)
+    conv2d_forward(out, input, weight, bias, stride, top, left)
+    np.testing.assert_allclose(out, expected_out, **TOLERANCE)
+    check_input_gradient(conv2d_backward_input, expected_dinput, rng, dout, weight, stride, top, left)
+
+    dweight = unwritten(*weight.shape)
+    conv2d_backward_weight(dweight, dout, input, np.arange(n_out), stride, top, left)
+    np.testing.assert_allclose(dweight, expected_dweight, **TOLERANCE)
+    check_bias_gradient(dout, expected_dbias)
+
+    # Selected channels: random output channels and a gathered compact input give the slice of the dense gradient.
+    out_channels, in_channels = selection(rng, n_out, max(1, n_out // 2)), selection(rng, n_in, max(1, n_in - 1))
+    dweight_selected = unwritten(len(out_channels), len(in_channels), *kernel)
+    conv2d_backward_weight(dweight_selected, dout, np.ascontiguousarray(input[in_channels]), out_channels,
+                           stride, top, left)
+    np.testing.assert_array_equal(dweight_selected, dweight[np.ix_(out_channels, in_channels)])
+
+
+@pytest.mark.parametrize("n_channels, height, width, kernel, stride, padding", DEPTHWISE_CASES)
+def test_depthwise_matches_torch(n_channels, height, width, kernel, stride, padding):
+    rng = np.random.default_rng(4)
+    input, weight, bias = (random_array(rng, n_channels, height, width), random_array(rng, n_channels, *kernel),
+                           random_array(rng, n_channels))
+    dout = random_array(rng, *output_shape(n_channels, height, width, kernel, stride, padding))
+    expected_out, expected_dinput, expected_dweight, expected_dbias = torch_conv2d(input, weight[:, None], bias, dout,
+                                                                                   stride, padding, groups=n_channels)
+    top, left = padding[:2]
+
+    out = unwritten(*dout.shape)
+    depthwise_forward(out, input, weight, bias, stride, top, left)
+    np.testing.assert_allclose(out, expected_out, **TOLERANCE)
+    check_input_gradient(depthwise_backward_input, expected_dinput, rng, dout, weight, stride, top, left)
+
+    dweight = unwritten(*weight.shape)
+    depthwise_backward_weight(dweight, dout, input, np.arange(n_channels), stride, top, left)
+    np.testing.assert_allclose(dweight, expected_dweight[:, 0], **TOLERANCE)
+    check_bias_gradient(dout, expected_dbias)
+
+    channels = selection(rng, n_channels, max(1, n_channels - 1))
+    dweight_selected = unwritten(len(channels), *kernel)
+    depthwise_backward_weight(dweight_selected, dout, np.ascontiguousarray(input[channels]), channels,
+                              stride, top, left)
+    np.testing.assert_array_equal(dweight_selected, dweight[channels])
+
+
+@pytest.mark.parametrize("n_in, n_out, n_pixels", [(3, 5, 1), (7, 4, 37), (16, 24, 49)])
+def test_pointwise_matches_torch(n_in, n_out, n_pixels):
+    rng = np.random.default_rng(5)
+    input, weight, bias = random_array(rng, n_in, n_pixels), random_array(rng, n_out, n_in), random_array(rng, n_out)
+    dout = random_array(rng, n_out, n_pixels)
+    expected_out, expected_dinput, expected_dweight, _ = torch_gradients(lambda x, w, b: w @ x + b[:, None], dout,
+                                                                         input, weight, bias)
+
+    out = unwritten(n_out, n_pixels)
+    pointwise_forward(out, input, weight, bias)
+    np.testing.assert_allclose(out, expected_out, **TOLERANCE)
+    check_input_gradient(pointwise_backward_input, expected_dinput, rng, dout, weight)
+
+    dweight = unwritten(n_out, n_in)
+    pointwise_backward_weight(dweight, dout, input, np.arange(n_out))
+    np.testing.assert_allclose(dweight, expected_dweight, **TOLERANCE)
+
+
+def test_pointwise_selected_weight_gradient_is_dense_slice():
+    # Output channels in runs (4, 5, 6), (1), (9), (2, 3) and a random order: each run is one BLAS product.
+    rng = np.random.default_rng(6)
+    n_in, n_out, n_pixels = 9, 12, 25
+    input, dout = random_array(rng, n_in, n_pixels), random_array(rng, n_out, n_pixels)
+    dweight = unwritten(n_out, n_in)
+    pointwise_backward_weight(dweight, dout, input, np.arange(n_out))
+    in_channels = selection(rng, n_in, 5)
+    for out_channels in (np.array([4, 5, 6, 1, 9, 2, 3]), selection(rng, n_out, 6), np.array([11])):
+        dweight_selected = unwritten(len(out_channels), len(in_channels))
+        pointwise_backward_weight(dweight_selected, dout, np.ascontiguousarray(input[in_channels]), out_channels)
+        np.testing.assert_allclose(dweight_selected, dweight[np.ix_(out_channels, in_channels)], rtol=1e-6, atol=1e-6)

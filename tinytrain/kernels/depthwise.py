@@ -1,0 +1,57 @@
+"""Depthwise k x k convolution (channel c reads only input channel c) of one (C, H, W) sample: forward and gradients."""
+
+from numba import njit, prange
+
+# The same tap primitives as conv2d, with one input channel per output channel. Numba's cache does not see edits
+# to conv2d.py from here: after changing them, touch this file too.
+from tinytrain.kernels.conv2d import add_tap, add_tap_transposed, tap_weight_gradient
+
+
+def _depthwise_forward(out, input, weight, bias, stride, pad_top, pad_left):
+    """out[c, y, x] = bias[c] + sum_{ky,kx} weight[c, ky, kx] * input[c, y*stride+ky-pad_top, x*stride+kx-pad_left].
+
+    out (C, Ho, Wo), input (C, H, W), weight (C, kh, kw), bias (C,).
+    """
+    n_channels, kernel_h, kernel_w = weight.shape
+    for c in prange(n_channels):
+        out[c] = bias[c]
+        for ky in range(kernel_h):
+            for kx in range(kernel_w):
+                add_tap(out[c], input[c], weight[c, ky, kx], stride, ky - pad_top, kx - pad_left)
+
+
+depthwise_forward = njit(cache=True, parallel=True)(_depthwise_forward)
+
+
+def _depthwise_backward_input(dinput, dout, weight, stride, pad_top, pad_left, accumulate):
+    """dinput[c] (= or +=) sum_{ky,kx} weight[c, ky, kx] * dout[c] scattered back through each tap's shift.
+
+    dinput (C, H, W), dout (C, Ho, Wo). Channel c only touches dinput[c], so prange over channels is race-free.
+    """
+    n_channels, kernel_h, kernel_w = weight.shape
+    for c in prange(n_channels):
+        if not accumulate:
+            dinput[c] = 0.0
+        for ky in range(kernel_h):
+            for kx in range(kernel_w):
+                add_tap_transposed(dinput[c], dout[c], weight[c, ky, kx], stride, ky - pad_top, kx - pad_left)
+
+
+depthwise_backward_input = njit(cache=True, parallel=True)(_depthwise_backward_input)
+
+
+def _depthwise_backward_weight(dweight, dout, input_selected, channels, stride, pad_top, pad_left):
+    """dweight[j, ky, kx] = d loss / d weight[channels[j], ky, kx], from dout[channels[j]] and input_selected[j].
+
+    dweight (n, kh, kw), dout (C, Ho, Wo), input_selected (n, H, W) the saved input of the selected channels only.
+    """
+    n_selected, kernel_h, kernel_w = dweight.shape
+    for j in prange(n_selected):
+        c = channels[j]
+        for ky in range(kernel_h):
+            for kx in range(kernel_w):
+                dweight[j, ky, kx] = tap_weight_gradient(dout[c], input_selected[j], stride,
+                                                         ky - pad_top, kx - pad_left)
+
+
+depthwise_backward_weight = njit(cache=True, parallel=True)(_depthwise_backward_weight)
