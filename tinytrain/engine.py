@@ -241,14 +241,7 @@ class Engine:
         if update.observe_gradient is not None:
             update.observe_gradient(parameter, dweight, rows, cols)
         sgd = update.sgd
-        momentum = _NO_MOMENTUM
-        if sgd.momentum:
-            # One buffer per whole parameter, so that a channel keeps its velocity across different draws.
-            momentum = self._momentum.get(parameter)
-            if momentum is None:
-                momentum = self.arena.alloc(f"{parameter}.momentum", weight.shape, np.float32, "optim")
-                momentum.fill(0.0)
-                self._momentum[parameter] = momentum
+        momentum = self._momentum_buffer(parameter, weight.shape) if sgd.momentum else _NO_MOMENTUM
         if update.apply:
             sgd_update(weight, dweight, momentum, rows, cols, sgd.lr, sgd.momentum, sgd.weight_decay)
 
@@ -259,11 +252,22 @@ class Engine:
 
     # ----------------------------------------------------------------------------------------------------
 
-    def release_optimizer_state(self) -> None:
-        """Free the momentum buffers (they otherwise live in the arena for the whole run)."""
-        for buffer in self._momentum.values():
-            self.arena.free(buffer)
-        self._momentum.clear()
+    def _momentum_buffer(self, parameter: str, shape) -> np.ndarray:
+        """One buffer per whole parameter, so that a channel keeps its velocity across different draws."""
+        buffer = self._momentum.get(parameter)
+        if buffer is None:
+            buffer = self.arena.alloc(f"{parameter}.momentum", shape, np.float32, "optim")
+            buffer.fill(0.0)
+            self._momentum[parameter] = buffer
+        return buffer
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """Host copies of the momentum buffers, by parameter name (for checkpoints)."""
+        return {parameter: buffer.copy() for parameter, buffer in self._momentum.items()}
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        for parameter, values in state.items():
+            np.copyto(self._momentum_buffer(parameter, values.shape), values)
 
     @contextmanager
     def _rollback_on_error(self):

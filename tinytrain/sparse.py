@@ -102,7 +102,8 @@ class FixedPolicy(Policy):
 class DynamicPolicy(Policy):
     """A new random subset of each sparse layer's important channels every step (or every epoch).
 
-    `pools[name]` holds the channels a draw may pick (default: all of them, uniformly).
+    `pools[name]` holds the channels a draw may pick (default: all of them, uniformly). Each draw is seeded by
+    (seed, step or epoch) alone, so a resumed run draws exactly what an uninterrupted one would.
     """
 
     def __init__(self, name: str, graph: Graph, layers: list[SparseLayer], seed: int, redraw: str = "step",
@@ -113,7 +114,7 @@ class DynamicPolicy(Policy):
         self.graph = graph
         self.layers = layers
         self.redraw = redraw
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
         self.pools = pools or {x.name: np.arange(graph.layer(x.name).in_channels, dtype=np.int64) for x in layers}
         for x in layers:
             if len(self.pools[x.name]) < x.channels:
@@ -125,15 +126,15 @@ class DynamicPolicy(Policy):
         key = step if self.redraw == "step" else epoch
         if key != self._last_key:
             self._last_key = key
-            self._last_plan = self._draw()
+            self._last_plan = self._draw(np.random.default_rng([self.seed, key]))
         return self._last_plan
 
-    def _draw(self) -> UpdatePlan:
+    def _draw(self, rng: np.random.Generator) -> UpdatePlan:
         updates = {}
         for x in self.layers:
             layer = self.graph.layer(x.name)
             pool = self.pools[x.name]
-            updates[x.name] = _channel_update(layer, self.rng.choice(pool, size=x.channels, replace=False))
+            updates[x.name] = _channel_update(layer, rng.choice(pool, size=x.channels, replace=False))
         updates[CLASSIFIER] = full_update(self.graph.layer(CLASSIFIER))
         return UpdatePlan(updates)
 
