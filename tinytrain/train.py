@@ -36,8 +36,8 @@ class TrainConfig:
     ratio_decay: float = 4.0  # channel ratio of the first trained layer over that of the last
     resolution: int = 128
     arena_bytes: int = 4 << 20
-    epochs: int = 1
-    lr: float = 0.01
+    epochs: int = 2
+    lr: float = 0.001
     momentum: float = 0.0
     weight_decay: float = 0.0
     warmup_steps: int = 500
