@@ -51,7 +51,8 @@ def parse_args(argv):
                     "compile or cache load, PyTorch's first-call setup) is excluded and printed separately. Also "
                     "printed: a per-op profile of tinytrain's dynamic step and the achieved inference GFLOP/s next "
                     "to this machine's float32 matmul rate. PyTorch runs on torch.set_num_threads(os.cpu_count()); "
-                    "Numba on its default, one thread per core.")
+                    "Numba on its default, one thread per core. Run it on an otherwise idle machine: the report "
+                    "says how much CPU other processes took meanwhile; re-run when that is not near 0.")
     parser.add_argument("--resolution", type=int, nargs="+", default=[32, 128],
                         help="input side(s) in pixels, each timed in turn (default: 32 128)")
     parser.add_argument("--repeats", type=int, default=30,
@@ -187,8 +188,8 @@ class CaseResult:
 
 def run_case(case: str, graph: Graph, engine: Engine, image: np.ndarray, x: torch.Tensor, args) -> CaseResult:
     resolution = graph.input_shape[1]
-    # Built from the graph's weights as they are now, before tinytrain's steps of this case change them, so that
-    # both first calls start from the same parameters and can be compared.
+    # The torch model copies the graph's weights as they are now, before tinytrain's steps of this case change
+    # them, so both first calls start from the same parameters and their outputs can be compared.
     if case == "inference":
         model = TorchMobileNetV2(graph, trained=set())
 
