@@ -27,12 +27,12 @@ from tinytrain.arena import Arena
 from tinytrain.engine import SGD, Engine
 from tinytrain.graph import Graph
 from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Linear, Pointwise
+from tinytrain.memory import MEASURING_ARENA_BYTES
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.sparse import make_policy
 
 CASES = ("inference", "dense", "last-k", "dynamic")
 NUM_CLASSES = 10
-ARENA_BYTES = 64 << 20  # holds dense training at 128x128; the arena's size does not change what a step computes
 LEARNING_RATE = 1e-3
 MATMUL_SIZE = 1024
 
@@ -282,7 +282,7 @@ def instrumented(engine: Engine, seconds: dict):
 def profile_dynamic(graph: Graph, image: np.ndarray, steps: int, seed: int) -> Profile:
     """Where a dynamic step's time goes, averaged over `steps` instrumented steps. What no wrapped call accounts
     for is the engine's own Python: its layer loop, gradient routing, dicts and array views."""
-    engine = Engine(graph, Arena(ARENA_BYTES, tracing=False))
+    engine = Engine(graph, Arena(MEASURING_ARENA_BYTES, tracing=False))
     policy = make_policy("dynamic", graph, seed=seed)
     sgd = SGD(lr=LEARNING_RATE)
     seconds = defaultdict(float)
@@ -416,7 +416,7 @@ def main(argv=None) -> int:
     for resolution in args.resolution:
         graph = build_mobilenetv2(NUM_CLASSES, resolution, width_mult=1.0, weights=None, seed=args.seed)
         macs[resolution] = graph.macs()
-        engine = Engine(graph, Arena(ARENA_BYTES, tracing=False))
+        engine = Engine(graph, Arena(MEASURING_ARENA_BYTES, tracing=False))
         # One image for every step: uint8 (H, W, C) pixels that tinytrain normalises into its arena, and the same
         # pixels preprocessed once into a (1, C, H, W) tensor for torch.
         image = np.random.default_rng(args.seed).integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)

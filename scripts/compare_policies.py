@@ -8,11 +8,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from tinytrain.memory import MEASURING_ARENA_BYTES
 from tinytrain.sparse import POLICIES
 from tinytrain.train import TrainConfig, Trainer
 
 DEFAULTS = TrainConfig()
-DENSE_ARENA = 64 << 20  # dense training at 128x128 needs about 11 MB; the sparse policies fit the default
 
 
 def parse_args(argv):
@@ -57,7 +57,8 @@ def main(argv=None) -> int:
     output = Path(args.output_dir)
     rows = []
     for policy in args.policies:
-        config = replace(base, policy=policy, arena_bytes=DENSE_ARENA if policy == "dense" else base.arena_bytes)
+        arena_bytes = MEASURING_ARENA_BYTES if policy == "dense" else base.arena_bytes  # dense needs about 11 MB
+        config = replace(base, policy=policy, arena_bytes=arena_bytes)
         results = Trainer(config, output / policy, data_dir=args.data_dir).run()
         rows.append({"policy": policy, **{key: results[key] for key in (
             "test_accuracy", "test_images", "whole_step_peak_bytes", "feature_bytes", "dense_feature_bytes",

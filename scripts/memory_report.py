@@ -9,13 +9,12 @@ import sys
 from tqdm import tqdm
 
 from tinytrain.arena import DEFAULT_CAPACITY, KINDS, ArenaOverflow
-from tinytrain.memory import measure_inference, measure_training_step
+from tinytrain.memory import MEASURING_ARENA_BYTES, measure_inference, measure_training_step
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.plan import UpdatePlan
 from tinytrain.sparse import POLICIES, Coverage, conv_weight_fraction, make_policy
 from tinytrain.weights import load_pretrained
 
-MEASURING_ARENA = 64 << 20  # large enough for dense training at 128x128, used when the budget is too small
 
 
 def parse_args(argv):
@@ -54,7 +53,7 @@ def measure(graph, plan, budget: int):
     try:
         return measure_training_step(graph, plan, budget), True
     except ArenaOverflow:
-        return measure_training_step(graph, plan, MEASURING_ARENA), False
+        return measure_training_step(graph, plan, MEASURING_ARENA_BYTES), False
 
 
 def writable_bytes(graph, plan) -> int:
@@ -88,7 +87,7 @@ def report(resolution: int, policy_name: str, args, weights) -> dict:
         "dense_feature_bytes": dense.feature_bytes,
         "feature_reduction": 1.0 - step.feature_bytes / dense.feature_bytes,
         "peak_bytes_by_kind": step.peak_bytes_by_kind,
-        "inference_peak_bytes": measure_inference(graph, MEASURING_ARENA).whole_step_peak_bytes,
+        "inference_peak_bytes": measure_inference(graph, MEASURING_ARENA_BYTES).whole_step_peak_bytes,
         "conv_weight_fraction_per_step": conv_weight_fraction(graph, plan),
         "coverage": coverage.fraction,
         "coverage_steps": args.steps,

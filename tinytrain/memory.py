@@ -12,6 +12,9 @@ from tinytrain.graph import Graph
 from tinytrain.plan import UpdatePlan
 
 
+MEASURING_ARENA_BYTES = 64 << 20  # large enough to measure dense training at 128x128 (about 11 MB)
+
+
 @dataclass(frozen=True)
 class StepMemory:
     """What the arena measured over one step, in bytes."""

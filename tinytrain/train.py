@@ -16,7 +16,7 @@ from tinytrain.arena import Arena
 from tinytrain.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from tinytrain.data import Augmenter, load_cifar10
 from tinytrain.engine import SGD, Engine, NonFiniteLoss
-from tinytrain.memory import measure_training_step
+from tinytrain.memory import MEASURING_ARENA_BYTES, measure_training_step
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.paths import data_dir as resolve_data_dir
 from tinytrain.plan import UpdatePlan
@@ -24,7 +24,6 @@ from tinytrain.sparse import Coverage, conv_weight_fraction, make_policy
 from tinytrain.weights import load_pretrained
 
 EXACT_SUBSET_FILE = "cifar10/cifar10_exact_subset.npz"
-MEASURING_ARENA = 64 << 20  # big enough to measure dense training's features at 128x128
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ class Trainer:
         self.dry_run = measure_training_step(self.graph, self.policy.plan(0, 0), config.arena_bytes,
                                              SGD(0.0, config.momentum))
         self.dense_feature_bytes = measure_training_step(self.graph, UpdatePlan.dense(self.graph),
-                                                         MEASURING_ARENA).feature_bytes
+                                                         MEASURING_ARENA_BYTES).feature_bytes
         train = load_cifar10("train", data_dir=self.data_root, cache_dir=cache_dir, progress=progress)
         self.test = load_cifar10("test", data_dir=self.data_root, cache_dir=cache_dir, progress=progress)
         self.data_source = train.source
