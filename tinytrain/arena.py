@@ -36,6 +36,9 @@ class TraceEvent:
     nbytes: int
     kind: str
     name: str
+    # what the view was, so that a trace alone describes every tensor (the memory plan export reads them)
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype string, as in Allocation: "<f4"
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -161,7 +164,7 @@ class Arena:
         if self.tracing:
             self.trace.append(
                 TraceEvent(self.op_index, action, allocation.offset - self._base_shift, allocation.nbytes,
-                           allocation.kind, allocation.name)
+                           allocation.kind, allocation.name, allocation.shape, allocation.dtype)
             )
 
     # ----------------------------------------------------------------------------------------------------

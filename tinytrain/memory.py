@@ -44,9 +44,14 @@ def measure_inference(graph: Graph, arena_bytes: int) -> StepMemory:
     return StepMemory.from_arena(arena)
 
 
-def measure_training_step(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SGD(lr=0.0)) -> StepMemory:
-    """A dry run of one step: every buffer is allocated and computed, no weight changes. Raises ArenaOverflow
-    if the plan does not fit."""
+def dry_run_training_step(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SGD(lr=0.0),
+                          wgrad_tile_bytes: int | None = None) -> Arena:
+    """One step in a fresh tracing arena: every buffer is allocated and computed, no weight changes. Returns the
+    arena, whose trace holds exactly that step. Raises ArenaOverflow if the plan does not fit."""
     arena = Arena(arena_bytes)
-    Engine(graph, arena).train_step(_blank_image(graph), 0, plan, sgd, apply_update=False)
-    return StepMemory.from_arena(arena)
+    Engine(graph, arena, wgrad_tile_bytes).train_step(_blank_image(graph), 0, plan, sgd, apply_update=False)
+    return arena
+
+
+def measure_training_step(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SGD(lr=0.0)) -> StepMemory:
+    return StepMemory.from_arena(dry_run_training_step(graph, plan, arena_bytes, sgd))

@@ -1,0 +1,477 @@
+"""The memory plan of one training step for MCU simulators: each tensor where the arena put it, each op; JSON or C.
+
+The plan is read off the arena trace of one real step, so each offset is the one the arena used, not a re-plan.
+
+JSON schema ("tinytrain-memory-plan", schema_version 1): one object with
+
+    schema              "tinytrain-memory-plan"
+    schema_version      1; `MemoryPlan.from_json` refuses any other
+    provenance          {str: str | int | float | bool}: how the plan was made (policy, resolution, step, seed, ...)
+    arena_bytes         capacity of the arena the step ran in
+    alignment           every offset is a multiple of it
+    peak_bytes          most bytes live at once, as the arena measured it (Arena.peak_bytes)
+    peak_bytes_by_kind  {kind: bytes}, each kind's own peak (not necessarily at the same moment)
+    high_water_bytes    highest arena byte used: the peak plus alignment padding and fragmentation
+    tensors             in allocation order, each
+        name            unique in the plan: the arena name, with "#k" (k = 0, 1, ...) appended to every instance of a
+                        name the step allocates more than once (tiled weight gradients, copies of shared gradients)
+        arena_name      the name the engine gave the allocation
+        kind            one of arena.KINDS
+        dtype           numpy name: "float32", "uint8"
+        shape           [int, ...]
+        nbytes          bytes the tensor needs (its block in the arena is rounded up to `alignment`)
+        offset          bytes from the arena's aligned start
+        first_op        op index of its allocation
+        last_op         op index of its free; the step's last op if it outlives the step
+        alloc_event     position of its allocation in the step's trace
+        free_event      position of its free in the trace; -1 if it outlives the step (optimizer state)
+    ops                 in execution order, each
+        index           the engine's op index: forward of layer i at i, the loss at L, backward of layer i at 2L - i
+                        (L layers). Backward ops of layers that need no gradient do not run and are absent.
+        name            "fwd <layer>", "loss" or "bwd <layer>"
+        type            one of OP_TYPES
+        layer           the graph layer it runs; "" for the loss
+        inputs          names of the tensors it reads (a copy it makes of a shared gradient before writing it, too)
+        outputs         names of the tensors it writes: those it allocates, gradients it accumulates into, and the
+                        gradient a residual add's backward hands on to its inputs (the same buffer as its input)
+        macs            multiply-accumulates: forward as Graph.macs; backward the input gradient (as many as forward,
+                        when it is computed) plus the weight gradient of the trained channels only
+        trains_weight   the layer's weight is updated this step
+        trains_bias     its bias is updated this step
+        out_channels    [int, ...] trained weight rows
+        in_channels     [int, ...] trained input channels, the ones its saved input keeps (depthwise: out_channels)
+
+Lifetimes are inclusive op ranges, and an op may free a tensor and reuse its bytes for a later allocation within
+itself (weight gradient tiles do). Two tensors may share bytes only if one's free_event precedes the other's
+alloc_event.
+
+The C header (`MemoryPlan.c_header`, C99, <stdint.h> only) carries the same plan: PREFIX_ARENA_BYTES, _PEAK_BYTES,
+_HIGH_WATER_BYTES; per tensor PREFIX_TENSOR_<NAME>_INDEX, _OFFSET and _BYTES; enums of the tensor kinds and op
+types; and static const tables of tensors and ops, op inputs and outputs given as tensor indices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tinytrain.arena import KINDS, Arena, TraceEvent
+from tinytrain.engine import SGD
+from tinytrain.graph import Graph
+from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Layer, Linear, Pointwise
+from tinytrain.memory import MEASURING_ARENA_BYTES, dry_run_training_step
+from tinytrain.plan import GATHER, LayerSchedule, StepSchedule, UpdatePlan, schedule_step
+
+SCHEMA = "tinytrain-memory-plan"
+SCHEMA_VERSION = 1
+
+_FORWARD_TYPES = {Conv2d: "conv2d", Depthwise: "depthwise", Pointwise: "pointwise", Add: "add", GlobalAvgPool: "pool",
+                  Linear: "linear"}
+OP_TYPES = (tuple(_FORWARD_TYPES.values()) + ("loss",)
+            + tuple(f"{op_type}_backward" for op_type in _FORWARD_TYPES.values()))
+NOT_FREED = -1  # free_event of a tensor that outlives the step
+C_PREFIX_PATTERN = r"[A-Z][A-Z0-9]*"  # of the header's identifiers: PREFIX_ARENA_BYTES, prefix_op
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    name: str  # unique in the plan
+    arena_name: str
+    kind: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    offset: int  # from the arena's aligned start
+    first_op: int
+    last_op: int  # inclusive
+    alloc_event: int  # position in the step's trace
+    free_event: int  # NOT_FREED if it outlives the step
+
+
+@dataclass(frozen=True)
+class OpRecord:
+    index: int
+    name: str
+    type: str
+    layer: str  # "" for the loss
+    inputs: tuple[str, ...]  # tensor names
+    outputs: tuple[str, ...]
+    macs: int
+    trains_weight: bool
+    trains_bias: bool
+    out_channels: tuple[int, ...]  # trained weight rows
+    in_channels: tuple[int, ...]  # trained input channels
+
+
+@dataclass
+class MemoryPlan:
+    arena_bytes: int
+    alignment: int
+    peak_bytes: int
+    peak_bytes_by_kind: dict[str, int]
+    high_water_bytes: int
+    tensors: list[TensorRecord]
+    ops: list[OpRecord]
+    provenance: dict[str, str | int | float | bool] = field(default_factory=dict)
+
+    # ----------------------------------------------------------------------------------------------------
+    # JSON
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MemoryPlan:
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"not a tinytrain memory plan: schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"memory plan schema_version {data.get('schema_version')!r} is not supported; this "
+                             f"tinytrain reads version {SCHEMA_VERSION}: export the plan again")
+        fields = {key: value for key, value in data.items() if key not in ("schema", "schema_version")}
+        try:
+            tensors = [TensorRecord(**{**tensor, "shape": tuple(tensor["shape"])}) for tensor in fields.pop("tensors")]
+            ops = [OpRecord(**{**op, **{key: tuple(op[key]) for key in ("inputs", "outputs", "out_channels",
+                                                                          "in_channels")}})
+                   for op in fields.pop("ops")]
+            return cls(tensors=tensors, ops=ops, **fields)
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"malformed memory plan: {error}") from error
+
+    def to_json(self, path: Path) -> None:
+        _write_atomically(Path(path), _json_text(self.to_dict()))
+
+    @classmethod
+    def from_json(cls, path: Path) -> MemoryPlan:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    # ----------------------------------------------------------------------------------------------------
+    # C
+
+    def to_c_header(self, path: Path, prefix: str = "TT") -> None:
+        _write_atomically(Path(path), self.c_header(prefix))
+
+    def c_header(self, prefix: str = "TT") -> str:
+        """The plan as a C99 header: defines, enums and static const tables; see the module docstring."""
+        if not re.fullmatch(C_PREFIX_PATTERN, prefix):
+            raise ValueError(f"C prefix must be upper-case letters and digits, starting with a letter; got {prefix!r}")
+        if self.arena_bytes >= 1 << 32:
+            raise ValueError(f"an arena of {self.arena_bytes:,} B does not fit the header's uint32_t offsets")
+        P, p = prefix, prefix.lower()
+        index_of = {tensor.name: index for index, tensor in enumerate(self.tensors)}
+        stems = _c_stems([tensor.name for tensor in self.tensors])
+        max_inputs = max([len(op.inputs) for op in self.ops] + [1])  # C99 has no zero-length arrays
+        max_outputs = max([len(op.outputs) for op in self.ops] + [1])
+        lines = [
+            f"/* Memory plan of one tinytrain training step ({SCHEMA} v{SCHEMA_VERSION}), generated by",
+            " * tinytrain.memory_plan: do not edit.",
+            *(f" * {_c_comment(f'{key}: {value}')}" for key, value in self.provenance.items()),
+            f" * Offsets are bytes from the start of an arena of {P}_ARENA_BYTES aligned to {P}_ALIGNMENT. A tensor",
+            " * lives from first_op to last_op inclusive; tensors live at the same moment never share bytes. */",
+            f"#ifndef {P}_MEMORY_PLAN_H",
+            f"#define {P}_MEMORY_PLAN_H",
+            "",
+            "#include <stdint.h>",
+            "",
+            f"#define {P}_MEMORY_PLAN_SCHEMA_VERSION {SCHEMA_VERSION}",
+            f"#define {P}_ARENA_BYTES {self.arena_bytes}u",
+            f"#define {P}_ALIGNMENT {self.alignment}u",
+            f"#define {P}_PEAK_BYTES {self.peak_bytes}u /* most bytes live at once */",
+            f"#define {P}_HIGH_WATER_BYTES {self.high_water_bytes}u /* highest byte used: the buffer a device needs */",
+            f"#define {P}_TENSOR_COUNT {len(self.tensors)}",
+            f"#define {P}_OP_COUNT {len(self.ops)}",
+            f"#define {P}_OP_MAX_INPUTS {max_inputs}",
+            f"#define {P}_OP_MAX_OUTPUTS {max_outputs}",
+            f"#define {P}_NO_TENSOR (-1) /* pads the input and output lists of an op */",
+            "",
+            "typedef enum {",
+            *(f"    {P}_KIND_{_c_stem(kind)} = {index}," for index, kind in enumerate(KINDS)),
+            f"}} {p}_tensor_kind;",
+            "",
+            "typedef enum {",
+            *(f"    {P}_OP_{_c_stem(op_type)} = {index}," for index, op_type in enumerate(OP_TYPES)),
+            f"}} {p}_op_type;",
+            "",
+            "typedef struct {",
+            "    const char *name;",
+            f"    {p}_tensor_kind kind;",
+            "    const char *dtype;",
+            "    uint32_t offset;",
+            "    uint32_t nbytes;",
+            "    int32_t first_op;",
+            "    int32_t last_op; /* inclusive */",
+            f"}} {p}_tensor;",
+            "",
+            "typedef struct {",
+            "    int32_t index; /* the engine's op index: forward i, loss L, backward of layer i at 2L - i */",
+            "    const char *name;",
+            f"    {p}_op_type type;",
+            "    uint64_t macs;",
+            "    uint8_t trains_weight;",
+            "    uint8_t trains_bias;",
+            "    uint32_t trained_out_channels;",
+            "    uint32_t trained_in_channels;",
+            f"    int32_t inputs[{P}_OP_MAX_INPUTS]; /* tensor indices */",
+            f"    int32_t outputs[{P}_OP_MAX_OUTPUTS];",
+            f"}} {p}_op;",
+            "",
+        ]
+        for index, (tensor, stem) in enumerate(zip(self.tensors, stems)):
+            lines += [
+                f"/* {_c_comment(tensor.name)} [{tensor.kind}] {tensor.dtype} {tensor.shape}, ops {tensor.first_op}.."
+                f"{tensor.last_op} */",
+                f"#define {P}_TENSOR_{stem}_INDEX {index}",
+                f"#define {P}_TENSOR_{stem}_OFFSET {tensor.offset}u",
+                f"#define {P}_TENSOR_{stem}_BYTES {tensor.nbytes}u",
+            ]
+        lines += ["", f"static const {p}_tensor {p}_tensors[{P}_TENSOR_COUNT] = {{"]
+        for tensor, stem in zip(self.tensors, stems):
+            lines.append(f"    {{{_c_string(tensor.name)}, {P}_KIND_{_c_stem(tensor.kind)}, {_c_string(tensor.dtype)}, "
+                         f"{P}_TENSOR_{stem}_OFFSET, {P}_TENSOR_{stem}_BYTES, {tensor.first_op}, {tensor.last_op}}},")
+        lines += ["};", "", f"static const {p}_op {p}_ops[{P}_OP_COUNT] = {{"]
+        for op in self.ops:
+            inputs = _c_index_list([index_of[name] for name in op.inputs], max_inputs, f"{P}_NO_TENSOR")
+            outputs = _c_index_list([index_of[name] for name in op.outputs], max_outputs, f"{P}_NO_TENSOR")
+            lines.append(f"    {{{op.index}, {_c_string(op.name)}, {P}_OP_{_c_stem(op.type)}, UINT64_C({op.macs}), "
+                         f"{int(op.trains_weight)}, {int(op.trains_bias)}, {len(op.out_channels)}u, "
+                         f"{len(op.in_channels)}u, {inputs}, {outputs}}},")
+        lines += ["};", "", f"#endif /* {P}_MEMORY_PLAN_H */", ""]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------
+# building a plan from one step
+
+
+def build_memory_plan(graph: Graph, update_plan: UpdatePlan, arena_bytes: int = MEASURING_ARENA_BYTES,
+                      sgd: SGD = SGD(lr=0.0), wgrad_tile_bytes: int | None = None,
+                      provenance: dict | None = None) -> MemoryPlan:
+    """Dry-run one training step (no weight changes) in a fresh tracing arena and read its plan off the trace.
+    Raises ArenaOverflow if the step does not fit `arena_bytes`."""
+    arena = dry_run_training_step(graph, update_plan, arena_bytes, sgd, wgrad_tile_bytes)
+    return memory_plan_from_arena(graph, update_plan, arena, provenance)
+
+
+def memory_plan_from_arena(graph: Graph, update_plan: UpdatePlan, arena: Arena,
+                           provenance: dict | None = None) -> MemoryPlan:
+    """The plan of the one `Engine.train_step(..., update_plan, ...)` of `graph` whose trace `arena` holds.
+
+    The trace must cover exactly that step, from an arena with nothing live (a fresh one, or `reset_peak()` on an
+    empty one just before): a tensor allocated before the trace began has no recorded offset or lifetime.
+    """
+    schedule = schedule_step(graph, update_plan)
+    count = len(graph.layers)
+    # the loss at op `count`, then backward down to the earliest layer that needs a gradient
+    last_op = max((2 * count - index for index, step in enumerate(schedule.layers) if step.runs_backward),
+                  default=count)
+    tensors = _tensors_from_trace(arena.trace, last_op)
+    if sum(tensor.nbytes for tensor in tensors if tensor.free_event == NOT_FREED) != arena.live_bytes:
+        raise ValueError("the arena holds tensors allocated before its trace began; build the plan from a fresh "
+                         "arena (or call reset_peak() on an empty one) and run exactly one training step")
+    ops = _ops(graph, schedule, _TensorIndex(tensors))
+    return MemoryPlan(arena.capacity, arena.alignment, arena.peak_bytes, dict(arena.peak_bytes_by_kind),
+                      arena.high_water_bytes, tensors, ops, dict(provenance or {}))
+
+
+def _tensors_from_trace(trace: list[TraceEvent], last_op: int) -> list[TensorRecord]:
+    """Pair each alloc event with its free (by offset: a live block has one owner) into one record per allocation."""
+    open_allocations: dict[int, tuple[int, TraceEvent]] = {}  # offset -> (trace position, alloc event)
+    spans: list[tuple[int, TraceEvent, int, int]] = []  # (alloc position, alloc event, free position, last op)
+    previous_op = 0
+    for position, event in enumerate(trace):
+        if event.op_index < previous_op:
+            raise ValueError(f"trace op indices fall from {previous_op} to {event.op_index} at event {position}: it "
+                             "covers more than one step; call reset_peak() before the step to be exported")
+        previous_op = event.op_index
+        if event.action == "alloc":
+            open_allocations[event.offset] = (position, event)
+        elif event.offset in open_allocations:
+            alloc_position, alloc = open_allocations.pop(event.offset)
+            spans.append((alloc_position, alloc, position, event.op_index))
+        else:
+            raise ValueError(f"trace event {position} frees {event.name!r}, allocated before the trace began")
+    spans += [(position, alloc, NOT_FREED, last_op) for position, alloc in open_allocations.values()]
+    spans.sort(key=lambda span: span[0])
+    if not spans:
+        raise ValueError("the arena trace is empty: run one training step in a tracing arena first")
+    repeats = Counter(alloc.name for _, alloc, _, _ in spans)
+    seen: Counter[str] = Counter()
+    tensors = []
+    for alloc_position, alloc, free_position, free_op in spans:
+        name = alloc.name
+        if repeats[name] > 1:
+            name = f"{alloc.name}#{seen[alloc.name]}"
+            seen[alloc.name] += 1
+        tensors.append(TensorRecord(name, alloc.name, alloc.kind, np.dtype(alloc.dtype).name, tuple(alloc.shape),
+                                    alloc.nbytes, alloc.offset, alloc.op_index, free_op, alloc_position,
+                                    free_position))
+    if len({tensor.name for tensor in tensors}) != len(tensors):
+        raise ValueError("tensor names collide after numbering repeated allocations; rename the engine's tensors")
+    return tensors
+
+
+class _TensorIndex:
+    """Tensor records found the way the engine names them: by arena name and the op that uses them."""
+
+    def __init__(self, tensors: list[TensorRecord]):
+        self.by_arena_name: dict[str, list[TensorRecord]] = defaultdict(list)
+        self.by_first_op: dict[int, list[TensorRecord]] = defaultdict(list)
+        for tensor in tensors:
+            self.by_arena_name[tensor.arena_name].append(tensor)
+            self.by_first_op[tensor.first_op].append(tensor)
+
+    def live(self, arena_name: str, op: int) -> TensorRecord:
+        """The one tensor of that name live during op `op`."""
+        found = [t for t in self.by_arena_name[arena_name] if t.first_op <= op <= t.last_op]
+        if len(found) != 1:
+            raise ValueError(f"expected one tensor {arena_name!r} live at op {op}, found {len(found)}: is the trace "
+                             "from one training step of this graph and update plan?")
+        return found[0]
+
+    def allocated_in(self, op: int) -> list[TensorRecord]:
+        return self.by_first_op[op]
+
+
+def _ops(graph: Graph, schedule: StepSchedule, tensors: _TensorIndex) -> list[OpRecord]:
+    count = len(graph.layers)
+    names = schedule.op_names(graph)
+    ops = []
+    for index, (layer, step) in enumerate(zip(graph.layers, schedule.layers)):
+        inputs = [tensors.live(name, index) for name in layer.inputs]
+        outputs = [tensor for tensor in tensors.allocated_in(index) if tensor not in inputs]
+        ops.append(_op_record(index, names[index], _FORWARD_TYPES[type(layer)], layer, step, inputs, outputs,
+                              layer.macs(_input_shapes(graph, layer))))
+    logits = tensors.live(graph.output_name, count)
+    ops.append(OpRecord(count, names[count], "loss", "", (logits.name,),
+                        tuple(tensor.name for tensor in tensors.allocated_in(count)), 0, False, False, (), ()))
+    # Which buffer holds the gradient of which tensor, as the engine hands them on: a residual add passes its output
+    # gradient to its inputs without a copy; a shared buffer is copied, under the name it is written for, before
+    # it is written.
+    gradient_of = {graph.output_name: tensors.live(f"d{graph.output_name}", count)}
+    for index in reversed(range(count)):
+        layer, step = graph.layers[index], schedule.layers[index]
+        if not step.runs_backward:
+            continue
+        op = 2 * count - index
+        copies = {tensor.arena_name: tensor for tensor in tensors.allocated_in(op) if tensor.kind == "grad"}
+        dout = copies.get(f"d{layer.output}", gradient_of.pop(layer.output))
+        inputs, outputs = [dout], []
+        for name, needs_gradient in zip(layer.inputs, step.input_needs_grad):
+            if needs_gradient:
+                # a new or copied buffer, else accumulate into the one there, else (add) pass dout itself on
+                target = copies.get(f"d{name}", gradient_of.get(name, dout))
+                gradient_of[name] = target
+                outputs.append(target)
+        if step.saved_input is not None:
+            saved_name = f"{layer.name}.saved_input" if step.saved_input == GATHER else layer.inputs[0]
+            inputs.append(tensors.live(saved_name, op))
+        if step.save_mask:
+            inputs.append(tensors.live(f"{layer.name}.relu6_mask", op))
+        outputs += [tensor for tensor in tensors.allocated_in(op) if tensor.kind in ("wgrad", "optim")]
+        ops.append(_op_record(op, names[op], f"{_FORWARD_TYPES[type(layer)]}_backward", layer, step, inputs,
+                              outputs, _backward_macs(graph, layer, step)))
+    return ops
+
+
+def _op_record(index: int, name: str, op_type: str, layer: Layer, step: LayerSchedule,
+               inputs: list[TensorRecord], outputs: list[TensorRecord], macs: int) -> OpRecord:
+    update = step.update
+    trains_weight = update is not None and update.trains_weight
+    out_channels = tuple(int(c) for c in update.out_channels) if trains_weight else ()
+    # depthwise: the trained rows also pick the saved input channels (LayerUpdate.in_channels is ignored there)
+    in_channels = out_channels if layer.has_weight and layer.selects_input_by_output else (
+        tuple(int(c) for c in update.in_channels) if trains_weight else ())
+    # once each: the backward of a residual add hands one buffer on as the gradient of both its inputs
+    input_names, output_names = (tuple(dict.fromkeys(t.name for t in group)) for group in (inputs, outputs))
+    return OpRecord(index, name, op_type, layer.name, input_names, output_names, int(macs), trains_weight,
+                    update is not None and update.bias, out_channels, in_channels)
+
+
+def _input_shapes(graph: Graph, layer: Layer) -> list[tuple[int, ...]]:
+    return [graph.shapes[name] for name in layer.inputs]
+
+
+def _backward_macs(graph: Graph, layer: Layer, step: LayerSchedule) -> int:
+    """dX costs what forward costs; dW[rows, cols] costs rows * cols * taps per output pixel (chosen channels only)."""
+    forward = layer.macs(_input_shapes(graph, layer))
+    macs = forward if step.input_needs_grad[0] else 0
+    update = step.update
+    if update is not None and update.trains_weight:
+        rows, columns, taps = layer.weight_rows_cols.shape
+        columns = columns if layer.selects_input_by_output else len(update.in_channels)
+        output_pixels = forward // layer.weight.size
+        macs += len(update.out_channels) * columns * taps * output_pixels
+    return macs
+
+
+# --------------------------------------------------------------------------------------------------------
+# writing
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write beside `path`, then rename: a reader never sees half a file, and a crash keeps the previous one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _json_text(data: dict) -> str:
+    """Top level indented, one tensor or op per line: readable and diffable even with long channel lists."""
+    entries = []
+    for key, value in data.items():
+        if isinstance(value, list):
+            rows = ",\n".join(f"    {json.dumps(item)}" for item in value)
+            entries.append(f"  {json.dumps(key)}: [\n{rows}\n  ]")
+        else:
+            entries.append(f"  {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(entries) + "\n}\n"
+
+
+def _c_stem(name: str) -> str:
+    """features.17.project#2 -> FEATURES_17_PROJECT_2 (may be empty)."""
+    return re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_").upper()
+
+
+def _c_stems(names: list[str]) -> list[str]:
+    """Distinct identifier stems: one that is taken already ("a.b" and "a_b") gets the tensor's index appended."""
+    used: set[str] = set()
+    stems = []
+    for index, name in enumerate(names):
+        stem = _c_stem(name) or f"T{index}"
+        while stem in used:
+            stem = f"{stem}_{index}"
+        used.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def _c_string(text: str) -> str:
+    """A C string literal; anything but printable ASCII as fixed-width octal escapes (hex escapes run on)."""
+    escaped = []
+    for byte in text.encode("utf-8"):
+        character = chr(byte)
+        if character in '"\\':
+            escaped.append("\\" + character)
+        elif 32 <= byte < 127:
+            escaped.append(character)
+        else:
+            escaped.append(f"\\{byte:03o}")
+    return '"' + "".join(escaped) + '"'
+
+
+def _c_comment(text: str) -> str:
+    """Text that cannot end a C comment or open a nested one (-Wcomment)."""
+    return text.replace("*/", "* /").replace("/*", "/ *")
+
+
+def _c_index_list(indices: list[int], length: int, padding: str) -> str:
+    return "{" + ", ".join([str(index) for index in indices] + [padding] * (length - len(indices))) + "}"
