@@ -33,6 +33,8 @@ def parse_args(argv):
     parser.add_argument("--train-subset", type=int, help="train on this many images (default: all 50,000)")
     parser.add_argument("--test-subset", type=int, help="evaluate on the first this many test images (default all)")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the head, shuffling and draws")
+    parser.add_argument("--pruned-model", help="also train `dynamic` on this pruned model (scripts/prune_model.py) "
+                                               "and add it as the row 'dynamic, pruned'")
     parser.add_argument("--output-dir", default="runs/compare", help="one folder per policy, plus the tables")
     parser.add_argument("--data-dir", help="folder holding the weights and cifar10/ (default: $TINYTRAIN_DATA)")
     return parser.parse_args(argv)
@@ -55,12 +57,14 @@ def main(argv=None) -> int:
                        ratio=args.ratio, arena_bytes=args.arena_bytes, train_subset=args.train_subset,
                        test_subset=args.test_subset, seed=args.seed)
     output = Path(args.output_dir)
+    runs = [(policy, replace(base, policy=policy, arena_bytes=MEASURING_ARENA_BYTES if policy == "dense"
+                             else base.arena_bytes)) for policy in args.policies]  # dense needs about 11 MB
+    if args.pruned_model:
+        runs.append(("dynamic, pruned", replace(base, policy="dynamic", model=args.pruned_model)))
     rows = []
-    for policy in args.policies:
-        arena_bytes = MEASURING_ARENA_BYTES if policy == "dense" else base.arena_bytes  # dense needs about 11 MB
-        config = replace(base, policy=policy, arena_bytes=arena_bytes)
-        results = Trainer(config, output / policy, data_dir=args.data_dir).run()
-        rows.append({"policy": policy, **{key: results[key] for key in (
+    for label, config in runs:
+        results = Trainer(config, output / label.replace(", ", "-"), data_dir=args.data_dir).run()
+        rows.append({"policy": label, **{key: results[key] for key in (
             "test_accuracy", "test_images", "whole_step_peak_bytes", "feature_bytes", "dense_feature_bytes",
             "feature_reduction", "conv_weight_fraction_per_step", "coverage", "seconds_per_step", "steps",
             "arena_bytes")}})

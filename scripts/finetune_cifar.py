@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tinytrain.arena import ArenaOverflow
 from tinytrain.engine import NonFiniteLoss
+from tinytrain.prune import PrunedModelError
 from tinytrain.sparse import POLICIES
 from tinytrain.train import TrainConfig, Trainer
 
@@ -26,6 +27,8 @@ def parse_args(argv):
                     "pretrained head's folded biases are all below -3.6), at 128x128 they are alive. Writes "
                     "results.json and checkpoint.h5 to --output-dir.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", help="a pruned model file written by scripts/prune_model.py (default: the "
+                                        "pretrained MobileNetV2-1.0); --ratio is then a fraction of its conv weights")
     parser.add_argument("--policy", choices=POLICIES, default=DEFAULTS.policy,
                         help="which layers/channels train each step")
     parser.add_argument("--ratio", type=float, default=DEFAULTS.ratio,
@@ -33,6 +36,11 @@ def parse_args(argv):
     parser.add_argument("--last-k", type=int, default=DEFAULTS.last_k, help="layers trained by last-k")
     parser.add_argument("--first-block", type=int, default=DEFAULTS.first_block,
                         help="earliest block whose convs train under static/dynamic; earlier stages stay frozen")
+    parser.add_argument("--ratio-decay", type=float, default=DEFAULTS.ratio_decay,
+                        help="channel ratio of the first trained layer over that of the last (static, dynamic)")
+    parser.add_argument("--bias-from-block", type=int, default=DEFAULTS.bias_from_block,
+                        help="static, dynamic: also train every bias from this block on (biases are not conv "
+                             "weights; they need backward through those blocks but no saved inputs)")
     parser.add_argument("--resolution", type=int, default=DEFAULTS.resolution,
                         help="input side in pixels; CIFAR images are resized (bilinear) to it")
     parser.add_argument("--arena-bytes", type=int, default=DEFAULTS.arena_bytes,
@@ -60,7 +68,8 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     config = TrainConfig(
-        policy=args.policy, ratio=args.ratio, last_k=args.last_k, first_block=args.first_block,
+        model=args.model, policy=args.policy, ratio=args.ratio, last_k=args.last_k, first_block=args.first_block,
+        ratio_decay=args.ratio_decay, bias_from_block=args.bias_from_block,
         resolution=args.resolution, arena_bytes=args.arena_bytes, epochs=args.epochs, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         augment=not args.no_augment, train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed,
@@ -70,7 +79,7 @@ def main(argv=None) -> int:
         print(f"dry run in {config.arena_bytes:,} B: whole-step peak {trainer.dry_run.whole_step_peak_bytes:,} B, "
               f"feature memory {trainer.dry_run.feature_bytes:,} B (dense {trainer.dense_feature_bytes:,} B)")
         results = trainer.run(resume=args.resume)
-    except (ArenaOverflow, NonFiniteLoss) as error:
+    except (ArenaOverflow, NonFiniteLoss, PrunedModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"test accuracy {results['test_accuracy']:.4f} on {results['test_images']:,} images ({results['data']})")

@@ -147,3 +147,18 @@ def test_coverage_grows_to_all_weights_of_the_trained_layers():
     assert fractions[0] < 0.5
     assert fractions == sorted(fractions)
     assert fractions[-1] > 0.99
+
+
+def test_bias_from_block_trains_biases_only_and_adds_no_conv_weights(image):
+    graph = small_model()
+    plain = make_policy("dynamic", graph, seed=3).plan(0, 0)
+    plan = make_policy("dynamic", graph, seed=3, bias_from_block=10).plan(0, 0)
+    assert conv_weight_fraction(graph, plan) == conv_weight_fraction(graph, plain)
+    bias_only = [name for name in plan.updates if name not in plain.updates]
+    assert "features.10.depthwise" in bias_only and "features.9.project" not in plan.updates
+    assert all(not plan.updates[name].trains_weight and plan.updates[name].bias for name in bias_only)
+    before = {name: (graph.layer(name).weight.copy(), graph.layer(name).bias.copy()) for name in bias_only}
+    Engine(graph, Arena(BIG_ARENA)).train_step(image, 3, plan, SGD(lr=0.1))
+    for name, (weight, bias) in before.items():
+        np.testing.assert_array_equal(graph.layer(name).weight, weight, err_msg=name)
+    assert any(not np.array_equal(graph.layer(name).bias, bias) for name, (_, bias) in before.items())

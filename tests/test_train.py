@@ -6,6 +6,7 @@ import pytest
 from tinytrain.checkpoint import load_checkpoint
 from tinytrain.engine import NonFiniteLoss
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
+from tinytrain.prune import channels_to_keep, find_channel_groups, l2_importance, prune_graph, save_pruned
 from tinytrain.train import TrainConfig, Trainer
 
 
@@ -81,3 +82,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data_dir, cache_dir
     state = load_checkpoint(tmp_path / "checkpoint.h5", fresh)
     assert state.step == 10
     assert all(np.isfinite(layer.bias).all() for layer in fresh.weighted_layers)
+
+
+def test_trains_a_pruned_model_file(data_dir, cache_dir, tmp_path):
+    original = build_mobilenetv2(resolution=32)
+    groups = find_channel_groups(original)
+    kept = channels_to_keep(groups, {group.name: l2_importance(original, group) for group in groups}, 0.5)
+    pruned_path = tmp_path / "pruned.h5"
+    save_pruned(pruned_path, prune_graph(original, groups, kept), kept, {"ratio": 0.5})
+    config = TrainConfig(model=str(pruned_path), resolution=32, epochs=1, train_subset=20, test_subset=10)
+    trainer = make_trainer(config, tmp_path / "run", data_dir, cache_dir)
+    assert trainer.graph.layer("features.2.expand").out_channels == original.layer("features.2.expand").out_channels // 2
+    results = trainer.run()
+    assert results["config"]["model"] == str(pruned_path) and results["steps"] == 20

@@ -26,6 +26,15 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def conv_padding(rule: str, size: int, kernel: int, stride: int) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) for a square input: "tf_same" pads from the input size, "symmetric" k // 2 each side."""
+    if rule == "tf_same":
+        before, after = same_padding(size, kernel, stride)
+    else:
+        before, after = kernel // 2, kernel // 2
+    return before, before, after, after
+
+
 class Layer:
     """A node of the graph: reads the tensors named `inputs`, writes the tensor named `output`."""
 

@@ -107,7 +107,7 @@ class DynamicPolicy(Policy):
     """
 
     def __init__(self, name: str, graph: Graph, layers: list[SparseLayer], seed: int, redraw: str = "step",
-                 pools: dict[str, np.ndarray] | None = None):
+                 pools: dict[str, np.ndarray] | None = None, bias_layers: tuple[str, ...] = ()):
         if redraw not in ("step", "epoch"):
             raise ValueError(f"redraw must be 'step' or 'epoch', got {redraw!r}")
         self.name = name
@@ -115,6 +115,7 @@ class DynamicPolicy(Policy):
         self.layers = layers
         self.redraw = redraw
         self.seed = seed
+        self.bias_layers = bias_layers
         self.pools = pools or {x.name: np.arange(graph.layer(x.name).in_channels, dtype=np.int64) for x in layers}
         for x in layers:
             if len(self.pools[x.name]) < x.channels:
@@ -135,11 +136,27 @@ class DynamicPolicy(Policy):
             layer = self.graph.layer(x.name)
             pool = self.pools[x.name]
             updates[x.name] = _channel_update(layer, rng.choice(pool, size=x.channels, replace=False))
-        updates[CLASSIFIER] = full_update(self.graph.layer(CLASSIFIER))
-        return UpdatePlan(updates)
+        return _with_biases_and_classifier(self.graph, updates, self.bias_layers)
 
 
-def static_plan(graph: Graph, layers: list[SparseLayer]) -> UpdatePlan:
+def _with_biases_and_classifier(graph: Graph, updates: dict[str, LayerUpdate],
+                                bias_layers: tuple[str, ...]) -> UpdatePlan:
+    """Adds bias-only updates to `bias_layers` whose weights do not train, and the whole classifier."""
+    for name in bias_layers:
+        updates.setdefault(name, _bias_only())
+    updates[CLASSIFIER] = full_update(graph.layer(CLASSIFIER))
+    return UpdatePlan(updates)
+
+
+def bias_layers_from(graph: Graph, first_block: int | None) -> tuple[str, ...]:
+    """The conv layers of blocks `first_block` and later (and the head conv); none for None."""
+    if first_block is None:
+        return ()
+    return tuple(layer.name for layer in graph.weighted_layers
+                 if layer.is_convolution and _block_index(layer.name) >= first_block)
+
+
+def static_plan(graph: Graph, layers: list[SparseLayer], bias_layers: tuple[str, ...] = ()) -> UpdatePlan:
     """MIT-style static sparse update: in each layer, the channels whose weights have the largest L2 norm."""
     updates = {}
     for x in layers:
@@ -148,8 +165,7 @@ def static_plan(graph: Graph, layers: list[SparseLayer]) -> UpdatePlan:
         # a channel's weights: a row of a depthwise layer, a column (input channel) of any other
         norms = squares.sum(axis=(1, 2) if layer.selects_input_by_output else (0, 2))
         updates[x.name] = _channel_update(layer, np.argsort(-norms, kind="stable")[:x.channels])
-    updates[CLASSIFIER] = full_update(graph.layer(CLASSIFIER))
-    return UpdatePlan(updates)
+    return _with_biases_and_classifier(graph, updates, bias_layers)
 
 
 def last_k_plan(graph: Graph, k: int) -> UpdatePlan:
@@ -165,7 +181,9 @@ def bias_plan(graph: Graph) -> UpdatePlan:
 
 
 def make_policy(name: str, graph: Graph, target_fraction: float = 0.02, last_k: int = 2, seed: int = 0,
-                first_block: int = 13, ratio_decay: float = 4.0) -> Policy:
+                first_block: int = 13, ratio_decay: float = 4.0, bias_from_block: int | None = None) -> Policy:
+    """`bias_from_block` (static, dynamic): also train every bias from that block on; biases are not conv weights,
+    and their gradient needs no saved input, only backward through those blocks (ReLU6 masks)."""
     if name == "dense":
         return FixedPolicy(name, UpdatePlan.dense(graph))
     if name == "last-k":
@@ -174,9 +192,11 @@ def make_policy(name: str, graph: Graph, target_fraction: float = 0.02, last_k: 
         return FixedPolicy(name, bias_plan(graph))
     if name in ("static", "dynamic", "dynamic-epoch"):
         layers = sparse_layers(graph, target_fraction, first_block, ratio_decay)
+        biases = bias_layers_from(graph, bias_from_block)
         if name == "static":
-            return FixedPolicy(name, static_plan(graph, layers))
-        return DynamicPolicy(name, graph, layers, seed, redraw="step" if name == "dynamic" else "epoch")
+            return FixedPolicy(name, static_plan(graph, layers, biases))
+        return DynamicPolicy(name, graph, layers, seed, redraw="step" if name == "dynamic" else "epoch",
+                             bias_layers=biases)
     raise ValueError(f"unknown policy {name!r}; choose one of {POLICIES}")
 
 

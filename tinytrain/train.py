@@ -20,6 +20,7 @@ from tinytrain.memory import MEASURING_ARENA_BYTES, measure_training_step
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.paths import data_dir as resolve_data_dir
 from tinytrain.plan import UpdatePlan
+from tinytrain.prune import load_pruned
 from tinytrain.sparse import Coverage, conv_weight_fraction, make_policy
 from tinytrain.weights import load_pretrained
 
@@ -28,11 +29,13 @@ EXACT_SUBSET_FILE = "cifar10/cifar10_exact_subset.npz"
 
 @dataclass(frozen=True)
 class TrainConfig:
+    model: str | None = None  # a pruned model file (scripts/prune_model.py); None: pretrained MobileNetV2-1.0
     policy: str = "dynamic"
     ratio: float = 0.02  # target fraction of conv weights updated per step (static, dynamic)
     last_k: int = 2
     first_block: int = 13  # front stages before this block stay frozen (static, dynamic)
     ratio_decay: float = 4.0  # channel ratio of the first trained layer over that of the last
+    bias_from_block: int | None = None  # static, dynamic: also train every bias from this block on
     resolution: int = 128
     arena_bytes: int = 4 << 20
     epochs: int = 2
@@ -63,11 +66,15 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.progress = progress
         self.data_root = resolve_data_dir(data_dir)
-        weights = load_pretrained(data_dir=self.data_root, cache_dir=cache_dir)
-        self.graph = build_mobilenetv2(num_classes=10, resolution=config.resolution, weights=weights,
-                                       seed=config.seed)
+        if config.model is None:
+            weights = load_pretrained(data_dir=self.data_root, cache_dir=cache_dir)
+            self.graph = build_mobilenetv2(num_classes=10, resolution=config.resolution, weights=weights,
+                                           seed=config.seed)
+        else:
+            self.graph = load_pruned(config.model, config.resolution)
         self.policy = make_policy(config.policy, self.graph, target_fraction=config.ratio, last_k=config.last_k,
-                                  seed=config.seed, first_block=config.first_block, ratio_decay=config.ratio_decay)
+                                  seed=config.seed, first_block=config.first_block, ratio_decay=config.ratio_decay,
+                                  bias_from_block=config.bias_from_block)
         # Fails here, before any training, if the plan does not fit the arena.
         self.dry_run = measure_training_step(self.graph, self.policy.plan(0, 0), config.arena_bytes,
                                              SGD(0.0, config.momentum))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinytrain.graph import Graph
-from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Linear, Pointwise, same_padding
+from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Linear, Pointwise, conv_padding
 from tinytrain.weights import PretrainedWeights, Preprocessing
 
 # (expansion t, output channels c, repeats n, first stride s), Sandler et al. 2018, Table 2
@@ -66,11 +66,9 @@ def build_mobilenetv2(num_classes: int = 10, resolution: int = 32, width_mult: f
     rng = np.random.default_rng(seed)
     preprocessing = weights.preprocessing if weights is not None else RANDOM_INIT_PREPROCESSING
     parameters = _Parameters(weights, rng)
-    tf_same = preprocessing.padding == "tf_same"
 
     def padding(size: int, kernel: int, stride: int) -> tuple[int, int, int, int]:
-        before, after = same_padding(size, kernel, stride) if tf_same else (kernel // 2, kernel // 2)
-        return before, before, after, after
+        return conv_padding(preprocessing.padding, size, kernel, stride)
 
     layers = []
     size = resolution  # spatial size of the tensor being built; square inputs
