@@ -15,6 +15,10 @@ from tinytrain.train import TrainConfig, Trainer
 DEFAULTS = TrainConfig()
 
 
+def block_or_none(text: str) -> int | None:
+    return None if text == "none" else int(text)
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         description="Fine-tune ImageNet-pretrained MobileNetV2-1.0 (new 10-class head) on CIFAR-10, one image per "
@@ -38,9 +42,10 @@ def parse_args(argv):
                         help="earliest block whose convs train under static/dynamic; earlier stages stay frozen")
     parser.add_argument("--ratio-decay", type=float, default=DEFAULTS.ratio_decay,
                         help="channel ratio of the first trained layer over that of the last (static, dynamic)")
-    parser.add_argument("--bias-from-block", type=int, default=DEFAULTS.bias_from_block,
-                        help="static, dynamic: also train every bias from this block on (biases are not conv "
-                             "weights; they need backward through those blocks but no saved inputs)")
+    parser.add_argument("--bias-from-block", type=block_or_none, default=DEFAULTS.bias_from_block,
+                        help="static, dynamic: also train every bias from this block on, or 'none'. Biases are not "
+                             "conv weights; they need backward through those blocks (1-bit ReLU6 masks) but no "
+                             "saved inputs. On 5,000 images: none 73.00%%, from block 7 75.05%%")
     parser.add_argument("--resolution", type=int, default=DEFAULTS.resolution,
                         help="input side in pixels; CIFAR images are resized (bilinear) to it")
     parser.add_argument("--arena-bytes", type=int, default=DEFAULTS.arena_bytes,

@@ -35,10 +35,10 @@ class TrainConfig:
     last_k: int = 2
     first_block: int = 13  # front stages before this block stay frozen (static, dynamic)
     ratio_decay: float = 4.0  # channel ratio of the first trained layer over that of the last
-    bias_from_block: int | None = None  # static, dynamic: also train every bias from this block on
+    bias_from_block: int | None = 4  # static, dynamic: also train every bias from this block on
     resolution: int = 128
     arena_bytes: int = 4 << 20
-    epochs: int = 2
+    epochs: int = 3
     lr: float = 0.001
     momentum: float = 0.0
     weight_decay: float = 0.0
