@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from tinytrain.arena import ArenaOverflow
 from tinytrain.memory_plan import C_PREFIX_PATTERN, SCHEMA_VERSION, build_memory_plan
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
-from tinytrain.sparse import POLICIES, make_policy
-from tinytrain.train import TrainConfig
+from tinytrain.sparse import POLICIES
+from tinytrain.train import TrainConfig, training_policy
 from tinytrain.weights import WeightsError, load_pretrained
 
 CIFAR10_TRAIN_IMAGES = 50_000  # one epoch at batch 1: the steps between dynamic-epoch redraws
@@ -77,13 +78,12 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    defaults = TrainConfig()
     try:
         weights = load_pretrained(data_dir=args.data_dir) if args.weights == "pretrained" else None
         graph = build_mobilenetv2(num_classes=NUM_CLASSES, resolution=args.resolution, weights=weights,
                                   seed=args.seed)
-        policy = make_policy(args.policy, graph, target_fraction=args.ratio, last_k=args.last_k, seed=args.seed,
-                             first_block=defaults.first_block, ratio_decay=defaults.ratio_decay)
+        policy = training_policy(replace(TrainConfig(), policy=args.policy, ratio=args.ratio, last_k=args.last_k,
+                                         seed=args.seed), graph)
         update_plan = policy.plan(args.step, args.step // args.steps_per_epoch)
         provenance = {"model": "mobilenetv2-1.0", "num_classes": NUM_CLASSES, "resolution": args.resolution,
                       "policy": args.policy, "step": args.step, "seed": args.seed, "weights": args.weights}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 
 from tqdm import tqdm
 
@@ -12,7 +13,8 @@ from tinytrain.arena import DEFAULT_CAPACITY, KINDS, ArenaOverflow
 from tinytrain.memory import MEASURING_ARENA_BYTES, measure_inference, measure_training_step
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.plan import UpdatePlan
-from tinytrain.sparse import POLICIES, Coverage, conv_weight_fraction, make_policy
+from tinytrain.sparse import POLICIES, Coverage, conv_weight_fraction
+from tinytrain.train import TrainConfig, training_policy
 from tinytrain.weights import load_pretrained
 
 
@@ -23,7 +25,8 @@ def parse_args(argv):
                     "inside a byte arena and report what the arena measured. Two memory figures, always both: the "
                     "whole-step arena peak (every tensor the step writes: the strict on-chip claim) and the feature "
                     "memory (tensors saved in forward for backward), for the policy and for dense training in the "
-                    "same engine. Nothing is estimated: every byte figure is counted by the arena.")
+                    "same engine. Nothing is estimated: every byte figure is counted by the arena. Policies are configured as "
+                    "the fine-tuning defaults (TrainConfig) configure them.")
     parser.add_argument("--resolution", type=int, nargs="+", default=[128], help="input side(s) in pixels "
                         "(default 128)")
     parser.add_argument("--policy", choices=POLICIES, nargs="+", default=["dynamic"],
@@ -65,7 +68,8 @@ def writable_bytes(graph, plan) -> int:
 
 def report(resolution: int, policy_name: str, args, weights) -> dict:
     graph = build_mobilenetv2(num_classes=10, resolution=resolution, weights=weights, seed=args.seed)
-    policy = make_policy(policy_name, graph, target_fraction=args.ratio, last_k=args.last_k, seed=args.seed)
+    policy = training_policy(replace(TrainConfig(), policy=policy_name, ratio=args.ratio, last_k=args.last_k,
+                                     seed=args.seed), graph)
     plan = policy.plan(0, 0)
     step, fits = measure(graph, plan, args.arena_bytes)
     dense, _ = measure(graph, UpdatePlan.dense(graph), args.arena_bytes)

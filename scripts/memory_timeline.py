@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,8 @@ import numpy as np
 from tinytrain.arena import DEFAULT_CAPACITY
 from tinytrain.memory import StepMemory
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
-from tinytrain.sparse import make_policy
 from tinytrain.timeline import Timeline, measure_timeline
-from tinytrain.train import TrainConfig
+from tinytrain.train import TrainConfig, training_policy
 from tinytrain.weights import load_pretrained
 
 POLICIES = ("dense", "dynamic")
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     pyplot = import_pyplot()
     weights = load_pretrained() if args.weights == "pretrained" else None
     graph = build_mobilenetv2(num_classes=10, resolution=args.resolution, weights=weights)
-    measured = {policy: measure_timeline(graph, make_policy(policy, graph).plan(0, 0)) for policy in POLICIES}
+    measured = {policy: measure_timeline(graph, training_policy(replace(TrainConfig(), policy=policy), graph).plan(0, 0)) for policy in POLICIES}
     figure, panels = pyplot.subplots(1, len(POLICIES), figsize=(13, 5.2))
     for axes, (policy, (timeline, step)) in zip(panels, measured.items()):
         draw_panel(axes, timeline, step, f"{policy}: MobileNetV2-1.0, {args.resolution}x{args.resolution}, "

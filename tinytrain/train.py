@@ -16,12 +16,13 @@ from tinytrain.arena import Arena
 from tinytrain.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from tinytrain.data import Augmenter, load_cifar10
 from tinytrain.engine import SGD, Engine, NonFiniteLoss
+from tinytrain.graph import Graph
 from tinytrain.memory import MEASURING_ARENA_BYTES, measure_training_step
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.paths import data_dir as resolve_data_dir
 from tinytrain.plan import UpdatePlan
 from tinytrain.prune import load_pruned
-from tinytrain.sparse import Coverage, conv_weight_fraction, make_policy
+from tinytrain.sparse import Coverage, Policy, conv_weight_fraction, make_policy
 from tinytrain.weights import load_pretrained
 
 EXACT_SUBSET_FILE = "cifar10/cifar10_exact_subset.npz"
@@ -50,6 +51,13 @@ class TrainConfig:
     checkpoint_every: int = 5000
 
 
+def training_policy(config: TrainConfig, graph: Graph) -> Policy:
+    """The update policy `config` describes, for `graph`."""
+    return make_policy(config.policy, graph, target_fraction=config.ratio, last_k=config.last_k, seed=config.seed,
+                       first_block=config.first_block, ratio_decay=config.ratio_decay,
+                       bias_from_block=config.bias_from_block)
+
+
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     """Linear warm-up, then cosine decay to zero (Loshchilov & Hutter 2017)."""
     if step < config.warmup_steps:
@@ -72,9 +80,7 @@ class Trainer:
                                            seed=config.seed)
         else:
             self.graph = load_pruned(config.model, config.resolution)
-        self.policy = make_policy(config.policy, self.graph, target_fraction=config.ratio, last_k=config.last_k,
-                                  seed=config.seed, first_block=config.first_block, ratio_decay=config.ratio_decay,
-                                  bias_from_block=config.bias_from_block)
+        self.policy = training_policy(config, self.graph)
         # Fails here, before any training, if the plan does not fit the arena.
         self.dry_run = measure_training_step(self.graph, self.policy.plan(0, 0), config.arena_bytes,
                                              SGD(0.0, config.momentum))
