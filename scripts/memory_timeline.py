@@ -87,8 +87,9 @@ def draw_panel(axes, timeline: Timeline, step: StepMemory, title: str) -> None:
                   ha=label_align, va="top", fontsize=8, arrowprops={"arrowstyle": "->", "linewidth": 0.8})
     last_busy_op = int(np.flatnonzero(timeline.total_bytes)[-1])
     if last_busy_op < len(ops) - 1:
-        axes.text(last_busy_op + 1, DEFAULT_CAPACITY / 1024 * 0.5, " backward stops:\n earlier layers are frozen",
-                  ha="left", va="center", fontsize=8)
+        # right of the last bar, or flush with the right edge when the gap is too narrow for the text
+        x, align = (last_busy_op + 1, "left") if last_busy_op < 0.75 * len(ops) else (len(ops) - 1, "right")
+        axes.text(x, top * 0.75, "backward stops:\nearlier layers are frozen ", ha=align, va="center", fontsize=8)
     axes.set_title(f"{title}\nsaved features at most {step.feature_bytes:,} B ({kib(step.feature_bytes)})",
                    fontsize=10)
     axes.set_xlabel("op: forward layers, loss, backward layers in reverse")
