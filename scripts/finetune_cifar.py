@@ -10,13 +10,9 @@ from tinytrain.arena import ArenaOverflow
 from tinytrain.engine import NonFiniteLoss
 from tinytrain.prune import PrunedModelError
 from tinytrain.sparse import POLICIES
-from tinytrain.train import TrainConfig, Trainer
+from tinytrain.train import TrainConfig, Trainer, block_or_none
 
 DEFAULTS = TrainConfig()
-
-
-def block_or_none(text: str) -> int | None:
-    return None if text == "none" else int(text)
 
 
 def parse_args(argv):

@@ -14,7 +14,7 @@ from tinytrain.memory import MEASURING_ARENA_BYTES, measure_inference, measure_t
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.plan import UpdatePlan
 from tinytrain.sparse import POLICIES, Coverage, conv_weight_fraction
-from tinytrain.train import TrainConfig, training_policy
+from tinytrain.train import TrainConfig, block_or_none, training_policy
 from tinytrain.weights import load_pretrained
 
 
@@ -35,6 +35,9 @@ def parse_args(argv):
                         help="target fraction of all conv weights updated per step by static/dynamic (default 0.02)")
     parser.add_argument("--last-k", type=int, default=2, help="layers trained by last-k, classifier included "
                         "(default 2)")
+    parser.add_argument("--bias-from-block", type=block_or_none, default=TrainConfig.bias_from_block,
+                        help="static, dynamic: also train every bias from this block on, or 'none' (default "
+                             f"{TrainConfig.bias_from_block}, as fine-tuning)")
     parser.add_argument("--arena-bytes", type=int, default=DEFAULT_CAPACITY,
                         help=f"the on-chip budget the step is dry-run in (default {DEFAULT_CAPACITY:,} B); a step "
                              "that overflows it is reported as not fitting and measured in a larger arena")
@@ -69,7 +72,7 @@ def writable_bytes(graph, plan) -> int:
 def report(resolution: int, policy_name: str, args, weights) -> dict:
     graph = build_mobilenetv2(num_classes=10, resolution=resolution, weights=weights, seed=args.seed)
     policy = training_policy(replace(TrainConfig(), policy=policy_name, ratio=args.ratio, last_k=args.last_k,
-                                     seed=args.seed), graph)
+                                     seed=args.seed, bias_from_block=args.bias_from_block), graph)
     plan = policy.plan(0, 0)
     step, fits = measure(graph, plan, args.arena_bytes)
     dense, _ = measure(graph, UpdatePlan.dense(graph), args.arena_bytes)

@@ -51,6 +51,11 @@ class TrainConfig:
     checkpoint_every: int = 5000
 
 
+def block_or_none(text: str) -> int | None:
+    """Command-line value of --bias-from-block: a block index, or 'none'."""
+    return None if text == "none" else int(text)
+
+
 def training_policy(config: TrainConfig, graph: Graph) -> Policy:
     """The update policy `config` describes, for `graph`."""
     return make_policy(config.policy, graph, target_fraction=config.ratio, last_k=config.last_k, seed=config.seed,
