@@ -24,8 +24,12 @@ def parse_args(argv):
                     "and in the later layers a new random subset of input channels every step, with smaller ratios "
                     "in later layers, so that at most --ratio of all conv weights change per step. Images are "
                     "upscaled to --resolution: at CIFAR's native 32x32 the ImageNet features are nearly dead (the "
-                    "pretrained head's folded biases are all below -3.6), at 128x128 they are alive. Writes "
-                    "results.json and checkpoint.h5 to --output-dir.",
+                    "pretrained head's folded biases are all below -3.6), at 128x128 they are alive. The defaults "
+                    "are the best measured configuration (README, Results): 3 epochs, because after 2 the train "
+                    "accuracy was still level with the test accuracy; lr 0.001 from a sweep; biases from block 4, "
+                    "+2.9 points on 5,000 images at 98.46% less feature memory than dense. On the 2-core CPU "
+                    "machine the default run takes about 70 minutes. Writes results.json and checkpoint.h5 to "
+                    "--output-dir.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", help="a pruned model file written by scripts/prune_model.py (default: the "
                                         "pretrained MobileNetV2-1.0); --ratio is then a fraction of its conv weights")
