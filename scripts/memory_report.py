@@ -25,8 +25,8 @@ def parse_args(argv):
                     "inside a byte arena and report what the arena measured. Two memory figures, always both: the "
                     "whole-step arena peak (every tensor the step writes: the strict on-chip claim) and the feature "
                     "memory (tensors saved in forward for backward), for the policy and for dense training in the "
-                    "same engine. Nothing is estimated: every byte figure is counted by the arena. Policies are configured as "
-                    "the fine-tuning defaults (TrainConfig) configure them.")
+                    "same engine. Nothing is estimated: every byte figure is counted by the arena. Policies are "
+                    "configured as the fine-tuning defaults (TrainConfig) configure them.")
     parser.add_argument("--resolution", type=int, nargs="+", default=[128], help="input side(s) in pixels "
                         "(default 128)")
     parser.add_argument("--policy", choices=POLICIES, nargs="+", default=["dynamic"],

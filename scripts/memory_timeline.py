@@ -113,7 +113,8 @@ def main(argv=None) -> int:
     pyplot = import_pyplot()
     weights = load_pretrained() if args.weights == "pretrained" else None
     graph = build_mobilenetv2(num_classes=10, resolution=args.resolution, weights=weights)
-    measured = {policy: measure_timeline(graph, training_policy(replace(TrainConfig(), policy=policy), graph).plan(0, 0)) for policy in POLICIES}
+    plans = {policy: training_policy(replace(TrainConfig(), policy=policy), graph).plan(0, 0) for policy in POLICIES}
+    measured = {policy: measure_timeline(graph, plan) for policy, plan in plans.items()}
     figure, panels = pyplot.subplots(1, len(POLICIES), figsize=(13, 5.2))
     for axes, (policy, (timeline, step)) in zip(panels, measured.items()):
         draw_panel(axes, timeline, step, f"{policy}: MobileNetV2-1.0, {args.resolution}x{args.resolution}, "

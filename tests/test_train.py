@@ -92,6 +92,7 @@ def test_trains_a_pruned_model_file(data_dir, cache_dir, tmp_path):
     save_pruned(pruned_path, prune_graph(original, groups, kept), kept, {"ratio": 0.5})
     config = TrainConfig(model=str(pruned_path), resolution=32, epochs=1, train_subset=20, test_subset=10)
     trainer = make_trainer(config, tmp_path / "run", data_dir, cache_dir)
-    assert trainer.graph.layer("features.2.expand").out_channels == original.layer("features.2.expand").out_channels // 2
+    expanded = "features.2.expand"
+    assert trainer.graph.layer(expanded).out_channels == original.layer(expanded).out_channels // 2
     results = trainer.run()
     assert results["config"]["model"] == str(pruned_path) and results["steps"] == 20

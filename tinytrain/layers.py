@@ -27,7 +27,7 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 def conv_padding(rule: str, size: int, kernel: int, stride: int) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) for a square input: "tf_same" pads from the input size, "symmetric" k // 2 each side."""
+    """(top, left, bottom, right) for a square input: "tf_same" pads from the input size, "symmetric" k // 2 a side."""
     if rule == "tf_same":
         before, after = same_padding(size, kernel, stride)
     else:
