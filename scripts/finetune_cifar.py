@@ -52,6 +52,9 @@ def parse_args(argv):
     parser.add_argument("--arena-bytes", type=int, default=DEFAULTS.arena_bytes,
                         help="arena capacity; a plan that does not fit fails before training starts")
     parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="passes over the training set")
+    parser.add_argument("--micro-batch", type=int, default=DEFAULTS.micro_batch,
+                        help="samples per SGD step: their gradients are summed in the arena (counted as wgrad) and "
+                             "applied averaged; must divide the training images per epoch and --checkpoint-every")
     parser.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak SGD learning rate")
     parser.add_argument("--momentum", type=float, default=DEFAULTS.momentum,
                         help="SGD momentum (its buffers live in the arena)")
@@ -76,8 +79,8 @@ def main(argv=None) -> int:
     config = TrainConfig(
         model=args.model, policy=args.policy, ratio=args.ratio, last_k=args.last_k, first_block=args.first_block,
         ratio_decay=args.ratio_decay, bias_from_block=args.bias_from_block,
-        resolution=args.resolution, arena_bytes=args.arena_bytes, epochs=args.epochs, lr=args.lr,
-        momentum=args.momentum, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        resolution=args.resolution, arena_bytes=args.arena_bytes, epochs=args.epochs, micro_batch=args.micro_batch,
+        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         augment=not args.no_augment, train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed,
         checkpoint_every=args.checkpoint_every)
     try:
@@ -85,7 +88,7 @@ def main(argv=None) -> int:
         print(f"dry run in {config.arena_bytes:,} B: whole-step peak {trainer.dry_run.whole_step_peak_bytes:,} B, "
               f"feature memory {trainer.dry_run.feature_bytes:,} B (dense {trainer.dense_feature_bytes:,} B)")
         results = trainer.run(resume=args.resume)
-    except (ArenaOverflow, NonFiniteLoss, PrunedModelError) as error:
+    except (ArenaOverflow, NonFiniteLoss, PrunedModelError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"test accuracy {results['test_accuracy']:.4f} on {results['test_images']:,} images ({results['data']})")

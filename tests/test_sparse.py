@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tinytrain.arena import Arena
-from tinytrain.engine import SGD, Engine
+from tinytrain.engine import SGD, Engine, MicroBatch
 from tinytrain.memory import measure_training_step
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.plan import LayerUpdate, UpdatePlan, full_update
@@ -162,3 +162,35 @@ def test_bias_from_block_trains_biases_only_and_adds_no_conv_weights(image):
     for name, (weight, bias) in before.items():
         np.testing.assert_array_equal(graph.layer(name).weight, weight, err_msg=name)
     assert any(not np.array_equal(graph.layer(name).bias, bias) for name, (_, bias) in before.items())
+
+
+def test_a_micro_batch_applies_the_mean_of_its_samples_gradients():
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    labels = [1, 4, 7]
+    graph = small_model()
+    plan = make_policy("dynamic", graph, seed=2, bias_from_block=10).plan(0, 0)
+    per_sample = [observed_gradients(graph, image, label, plan) for image, label in zip(images, labels)]
+    lr = 0.05
+
+    def parameter_view(parameter):  # (rows, cols, taps) like the gradients the engine observes
+        layer_name, kind = parameter.rsplit(".", 1)
+        layer = graph.layer(layer_name)
+        return layer.weight_rows_cols if kind == "weight" else layer.bias.reshape(-1, 1, 1)
+
+    expected = {}
+    for parameter, (_, rows, cols) in per_sample[0].items():
+        mean = np.mean([gradients[parameter][0] for gradients in per_sample], axis=0)
+        expected[parameter] = parameter_view(parameter)[np.ix_(rows, cols)] - lr * mean
+    before = {parameter: parameter_view(parameter).copy() for parameter in expected}
+    arena = Arena(BIG_ARENA)
+    engine = Engine(graph, arena)
+    for index, (image, label) in enumerate(zip(images, labels)):
+        engine.train_step(image, label, plan, SGD(lr=lr), micro_batch=MicroBatch(index, len(images)))
+        if index == 0:  # nothing changes before the last sample
+            for parameter, values in before.items():
+                np.testing.assert_array_equal(parameter_view(parameter), values, err_msg=parameter)
+    for parameter, (_, rows, cols) in per_sample[0].items():
+        np.testing.assert_allclose(parameter_view(parameter)[np.ix_(rows, cols)], expected[parameter], rtol=1e-5,
+                                   atol=1e-6, err_msg=parameter)
+    assert arena.live_bytes == 0

@@ -1,5 +1,7 @@
 """The trainer: it learns on a small subset, resumes exactly, and stops cleanly on a non-finite loss."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -96,3 +98,17 @@ def test_trains_a_pruned_model_file(data_dir, cache_dir, tmp_path):
     assert trainer.graph.layer(expanded).out_channels == original.layer(expanded).out_channels // 2
     results = trainer.run()
     assert results["config"]["model"] == str(pruned_path) and results["steps"] == 20
+
+
+def test_micro_batches_train_within_the_dry_run_peak(data_dir, cache_dir, tmp_path):
+    config = TrainConfig(resolution=32, epochs=1, train_subset=20, test_subset=10, micro_batch=4, checkpoint_every=8)
+    trainer = make_trainer(config, tmp_path, data_dir, cache_dir)
+    single = make_trainer(replace(config, micro_batch=1), tmp_path / "single", data_dir, cache_dir)
+    # the summed gradients live from one sample to the next, on top of a step's own weight gradients
+    assert trainer.dry_run.peak_bytes_by_kind["wgrad"] > single.dry_run.peak_bytes_by_kind["wgrad"]
+    before = trainer.graph.layer("classifier").weight.copy()
+    results = trainer.run()
+    assert results["steps"] == 20 and results["whole_step_peak_bytes"] == trainer.dry_run.whole_step_peak_bytes
+    assert not np.array_equal(trainer.graph.layer("classifier").weight, before)
+    with pytest.raises(ValueError, match="must divide"):
+        make_trainer(replace(config, micro_batch=3), tmp_path / "bad", data_dir, cache_dir)

@@ -35,6 +35,27 @@ class SGD:
     weight_decay: float = 0.0
 
 
+@dataclass(frozen=True)
+class MicroBatch:
+    """Sample `index` of a micro-batch of `size` samples that share one plan and one SGD step.
+
+    Parameter gradients are summed in the arena (kind wgrad) over the samples and applied, averaged, during the
+    last sample's backward; until then no weight changes, so every sample sees the same weights.
+    """
+
+    index: int
+    size: int
+
+    def __post_init__(self):
+        if not 0 <= self.index < self.size:
+            raise ValueError(f"micro-batch sample {self.index} outside [0, {self.size})")
+
+    @property
+    def is_last(self) -> bool:
+        return self.index == self.size - 1
+
+
+SINGLE_SAMPLE = MicroBatch(0, 1)
 GradientObserver = Callable[[str, np.ndarray, np.ndarray, np.ndarray], None]
 
 
@@ -43,6 +64,7 @@ class _Update:
     sgd: SGD
     apply: bool
     observe_gradient: GradientObserver | None
+    micro_batch: MicroBatch
 
 
 @dataclass(frozen=True)
@@ -68,6 +90,7 @@ class Engine:
         self._pixel_shift = (-mean / std).astype(np.float32)  # (3,)
         self._all_channels: dict[int, np.ndarray] = {}
         self._momentum: dict[str, np.ndarray] = {}  # parameter name -> (rows, cols, taps) arena view, kind optim
+        self._summed: dict[str, np.ndarray] = {}  # parameter name -> (n_rows, n_cols, taps) micro-batch gradient sum
 
     # ----------------------------------------------------------------------------------------------------
     # public entry points
@@ -82,22 +105,25 @@ class Engine:
         return copies
 
     def train_step(self, image: np.ndarray, label: int, plan: UpdatePlan, sgd: SGD, apply_update: bool = True,
-                   observe_gradient: GradientObserver | None = None) -> StepResult:
+                   observe_gradient: GradientObserver | None = None,
+                   micro_batch: MicroBatch = SINGLE_SAMPLE) -> StepResult:
         """One sample: forward, softmax cross-entropy, backward down to the earliest trained layer, SGD.
 
         Each layer's gradient is applied and freed as soon as it is computed, after its input gradient has used
         the old weights, so weight gradients of different layers are never live together. With
         `apply_update=False` every buffer is allocated and computed but no weight changes (a dry run).
         `observe_gradient(parameter, dparameter, rows, cols)` sees each parameter gradient, as (rows, cols, taps),
-        just before it is applied and freed.
+        just before it is applied and freed. `micro_batch`: this sample's place in a micro-batch (see MicroBatch).
         """
+        if micro_batch.size > 1 and self.wgrad_tile_bytes is not None:
+            raise ValueError("micro-batches sum whole weight gradients; they cannot be combined with wgrad tiles")
         if not 0 <= label < self.graph.num_classes:
             raise ValueError(f"label {label} outside [0, {self.graph.num_classes})")
         schedule = schedule_step(self.graph, plan)
         with self._rollback_on_error():
             tensors, saved, _ = self._forward(image, schedule, set())
             loss, prediction, dlogits = self._loss(tensors.pop(self.graph.output_name), label)
-            self._backward(schedule, saved, dlogits, _Update(sgd, apply_update, observe_gradient))
+            self._backward(schedule, saved, dlogits, _Update(sgd, apply_update, observe_gradient, micro_batch))
         return StepResult(loss, prediction)
 
     # ----------------------------------------------------------------------------------------------------
@@ -240,10 +266,20 @@ class Engine:
         """weight (rows, cols, taps) -= SGD step from dweight (n_rows, n_cols, taps) at [rows][:, cols]."""
         if update.observe_gradient is not None:
             update.observe_gradient(parameter, dweight, rows, cols)
+        micro_batch = update.micro_batch
+        if micro_batch.size > 1:
+            total = self._summed_gradient(parameter, dweight.shape)
+            np.add(total, dweight, out=total)
+            if not micro_batch.is_last:
+                return
+            total *= np.float32(1.0 / micro_batch.size)  # the batch mean, in place
+            dweight = total
         sgd = update.sgd
         momentum = self._momentum_buffer(parameter, weight.shape) if sgd.momentum else _NO_MOMENTUM
         if update.apply:
             sgd_update(weight, dweight, momentum, rows, cols, sgd.lr, sgd.momentum, sgd.weight_decay)
+        if micro_batch.size > 1:
+            self.arena.free(self._summed.pop(parameter))
 
     def _channels(self, count: int) -> np.ndarray:
         if count not in self._all_channels:
@@ -251,6 +287,19 @@ class Engine:
         return self._all_channels[count]
 
     # ----------------------------------------------------------------------------------------------------
+
+    def _summed_gradient(self, parameter: str, shape) -> np.ndarray:
+        """The running sum of a parameter's gradient over a micro-batch, (n_rows, n_cols, taps), zeroed at its
+        first sample. The plan is the same for every sample, so the shape is too."""
+        total = self._summed.get(parameter)
+        if total is None:
+            total = self.arena.alloc(f"{parameter}.summed_gradient", shape, np.float32, "wgrad")
+            total.fill(0.0)
+            self._summed[parameter] = total
+        elif total.shape != shape:
+            raise ValueError(f"{parameter}: gradient {shape} in a micro-batch summing {total.shape}; every sample of "
+                             "a micro-batch must use the same plan")
+        return total
 
     def _momentum_buffer(self, parameter: str, shape) -> np.ndarray:
         """One buffer per whole parameter, so that a channel keeps its velocity across different draws."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinytrain.arena import Allocation, Arena
-from tinytrain.engine import SGD, Engine
+from tinytrain.engine import SGD, Engine, MicroBatch
 from tinytrain.graph import Graph
 from tinytrain.plan import UpdatePlan
 
@@ -45,13 +45,21 @@ def measure_inference(graph: Graph, arena_bytes: int) -> StepMemory:
 
 
 def dry_run_training_step(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SGD(lr=0.0),
-                          wgrad_tile_bytes: int | None = None) -> Arena:
+                          wgrad_tile_bytes: int | None = None, micro_batch: int = 1) -> Arena:
     """One step in a fresh tracing arena: every buffer is allocated and computed, no weight changes. Returns the
-    arena, whose trace holds exactly that step. Raises ArenaOverflow if the plan does not fit."""
+    arena, whose trace holds exactly that step. Raises ArenaOverflow if the plan does not fit.
+
+    With `micro_batch` > 1 it runs the first and the last sample of a micro-batch, so the peak includes the
+    gradient sums held from one sample to the next (the trace then holds both)."""
     arena = Arena(arena_bytes)
-    Engine(graph, arena, wgrad_tile_bytes).train_step(_blank_image(graph), 0, plan, sgd, apply_update=False)
+    engine = Engine(graph, arena, wgrad_tile_bytes)
+    samples = {0, micro_batch - 1}
+    for index in sorted(samples):
+        engine.train_step(_blank_image(graph), 0, plan, sgd, apply_update=False,
+                          micro_batch=MicroBatch(index, micro_batch))
     return arena
 
 
-def measure_training_step(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SGD(lr=0.0)) -> StepMemory:
-    return StepMemory.from_arena(dry_run_training_step(graph, plan, arena_bytes, sgd))
+def measure_training_step(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SGD(lr=0.0),
+                          micro_batch: int = 1) -> StepMemory:
+    return StepMemory.from_arena(dry_run_training_step(graph, plan, arena_bytes, sgd, micro_batch=micro_batch))

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from tinytrain.arena import Arena
 from tinytrain.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from tinytrain.data import Augmenter, load_cifar10
-from tinytrain.engine import SGD, Engine, NonFiniteLoss
+from tinytrain.engine import SGD, Engine, MicroBatch, NonFiniteLoss
 from tinytrain.graph import Graph
 from tinytrain.memory import MEASURING_ARENA_BYTES, measure_training_step
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
@@ -40,6 +40,7 @@ class TrainConfig:
     resolution: int = 128
     arena_bytes: int = 4 << 20
     epochs: int = 3
+    micro_batch: int = 1  # samples per SGD step; their gradients are summed in the arena
     lr: float = 0.001
     momentum: float = 0.0
     weight_decay: float = 0.0
@@ -88,7 +89,7 @@ class Trainer:
         self.policy = training_policy(config, self.graph)
         # Fails here, before any training, if the plan does not fit the arena.
         self.dry_run = measure_training_step(self.graph, self.policy.plan(0, 0), config.arena_bytes,
-                                             SGD(0.0, config.momentum))
+                                             SGD(0.0, config.momentum), micro_batch=config.micro_batch)
         self.dense_feature_bytes = measure_training_step(self.graph, UpdatePlan.dense(self.graph),
                                                          MEASURING_ARENA_BYTES).feature_bytes
         train = load_cifar10("train", data_dir=self.data_root, cache_dir=cache_dir, progress=progress)
@@ -96,6 +97,11 @@ class Trainer:
         self.data_source = train.source
         self.train_batches = Augmenter(train.images, train.labels, config.resolution, augment=config.augment,
                                        shuffle=True, subset=config.train_subset, seed=config.seed)
+        # Micro-batches never straddle an epoch or a checkpoint, so a resumed run starts on a batch boundary.
+        if config.micro_batch < 1 or len(self.train_batches) % config.micro_batch \
+                or config.checkpoint_every % config.micro_batch:
+            raise ValueError(f"micro_batch {config.micro_batch} must divide the {len(self.train_batches):,} training "
+                             f"images per epoch and checkpoint_every ({config.checkpoint_every:,})")
         self.arena = Arena(config.arena_bytes, tracing=False)
         self.engine = Engine(self.graph, self.arena)
         self.coverage = Coverage(self.graph)
@@ -133,14 +139,16 @@ class Trainer:
             for position, (image, label) in enumerate(progress):
                 if position < first:  # resuming: replay the epoch's draws up to where the checkpoint stopped
                     continue
-                plan = self.policy.plan(state.step, epoch)
+                update_step, sample = divmod(state.step, self.config.micro_batch)  # SGD step; place in its batch
+                plan = self.policy.plan(update_step, epoch)
                 if plan is not previous_plan:
                     self.coverage.record(plan)
                     previous_plan = plan
-                sgd = SGD(learning_rate(self.config, state.step, self.total_steps), self.config.momentum,
-                          self.config.weight_decay)
+                sgd = SGD(learning_rate(self.config, update_step, self.total_steps // self.config.micro_batch),
+                          self.config.momentum, self.config.weight_decay)
                 try:
-                    result = self.engine.train_step(image, label, plan, sgd)
+                    result = self.engine.train_step(image, label, plan, sgd,
+                                                    micro_batch=MicroBatch(sample, self.config.micro_batch))
                 except NonFiniteLoss as error:
                     raise NonFiniteLoss(f"step {state.step}: {error}. The last good checkpoint is "
                                         f"{self.checkpoint_path}.") from error
