@@ -194,3 +194,20 @@ def test_a_micro_batch_applies_the_mean_of_its_samples_gradients():
         np.testing.assert_allclose(parameter_view(parameter)[np.ix_(rows, cols)], expected[parameter], rtol=1e-5,
                                    atol=1e-6, err_msg=parameter)
     assert arena.live_bytes == 0
+
+
+def test_an_error_abandons_the_micro_batch_and_frees_its_sums(image):
+    graph = small_model()
+    plan = make_policy("dynamic", graph, seed=2).plan(0, 0)
+    arena = Arena(BIG_ARENA)
+    engine = Engine(graph, arena)
+    sgd = SGD(lr=0.1, momentum=0.9)
+    engine.train_step(image, 1, plan, sgd, micro_batch=MicroBatch(0, 2))
+    assert arena.live_bytes_by_kind["wgrad"] > 0  # the sums wait for the last sample
+    poisoned = np.full(graph.input_shape, np.nan, dtype=np.float32)
+    with pytest.raises(ValueError, match="NaN"):
+        engine.train_step(poisoned, 1, plan, sgd, micro_batch=MicroBatch(1, 2))
+    assert arena.live_bytes == 0
+    for index in range(2):  # a new micro-batch starts from zero sums
+        engine.train_step(image, 1 + index, plan, sgd, micro_batch=MicroBatch(index, 2))
+    assert arena.live_bytes == arena.live_bytes_by_kind["optim"] > 0

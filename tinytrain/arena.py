@@ -127,6 +127,9 @@ class Arena:
     def offset_of(self, view: np.ndarray) -> int:
         return view.__array_interface__["data"][0] - self._base_address
 
+    def is_live(self, view: np.ndarray) -> bool:
+        return self.offset_of(view) in self._live
+
     def allocation_of(self, view: np.ndarray) -> Allocation:
         return self._live[self.offset_of(view)]
 

@@ -320,12 +320,18 @@ class Engine:
 
     @contextmanager
     def _rollback_on_error(self):
-        """On an exception inside a step, free what the step allocated so the arena stays usable."""
+        """On an exception inside a step, free what the step allocated so the arena stays usable. Momentum buffers
+        the step created go with it; an unfinished micro-batch is abandoned and its gradient sums freed."""
         checkpoint = self.arena.checkpoint()
         try:
             yield
         except BaseException:
             self.arena.rollback(checkpoint)
+            self._momentum = {name: view for name, view in self._momentum.items() if self.arena.is_live(view)}
+            for view in self._summed.values():
+                if self.arena.is_live(view):
+                    self.arena.free(view)
+            self._summed.clear()
             raise
 
 
