@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from tinytrain.arena import DEFAULT_CAPACITY
+from tinytrain.atomic import atomic_path
 from tinytrain.memory import StepMemory
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.timeline import Timeline, measure_timeline
@@ -98,14 +98,9 @@ def draw_panel(axes, timeline: Timeline, step: StepMemory, title: str) -> None:
 
 
 def save_atomically(figure, path: Path) -> None:
-    """Write beside `path`, then rename: an interrupted run leaves the previous picture intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    try:
+    """An interrupted run leaves the previous picture intact."""
+    with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=150)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def main(argv=None) -> int:

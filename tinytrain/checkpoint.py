@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from tinytrain.atomic import atomic_path
 from tinytrain.graph import Graph
 
 FORMAT = "tinytrain-checkpoint"
@@ -29,28 +29,26 @@ class TrainingState:
     config: dict
 
 
+def write_parameters(file: h5py.File, graph: Graph) -> None:
+    """Every folded weight and bias under parameters/<layer>/weight and bias (checkpoints and pruned models)."""
+    for layer in graph.weighted_layers:
+        file.create_dataset(f"parameters/{layer.name}/weight", data=layer.weight)
+        file.create_dataset(f"parameters/{layer.name}/bias", data=layer.bias)
+
+
 def save_checkpoint(path: Path, graph: Graph, state: TrainingState) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        with h5py.File(temporary, "w") as file:
-            file.attrs["format"] = FORMAT
-            file.attrs["format_version"] = FORMAT_VERSION
-            file.attrs["step"] = state.step
-            file.attrs["history"] = json.dumps(state.history)
-            file.attrs["config"] = json.dumps(state.config)
-            for layer in graph.weighted_layers:
-                file.create_dataset(f"parameters/{layer.name}/weight", data=layer.weight)
-                file.create_dataset(f"parameters/{layer.name}/bias", data=layer.bias)
-            for name, values in state.momentum.items():
-                file.create_dataset(f"momentum/{name}", data=values)
-            for name, touched in state.coverage.items():
-                file.create_dataset(f"coverage/{name}", data=touched)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    """Atomic (see atomic_path): a crash leaves the previous checkpoint intact."""
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as file:
+        file.attrs["format"] = FORMAT
+        file.attrs["format_version"] = FORMAT_VERSION
+        file.attrs["step"] = state.step
+        file.attrs["history"] = json.dumps(state.history)
+        file.attrs["config"] = json.dumps(state.config)
+        write_parameters(file, graph)
+        for name, values in state.momentum.items():
+            file.create_dataset(f"momentum/{name}", data=values)
+        for name, touched in state.coverage.items():
+            file.create_dataset(f"coverage/{name}", data=touched)
 
 
 def load_checkpoint(path: Path, graph: Graph) -> TrainingState:

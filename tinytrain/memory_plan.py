@@ -53,7 +53,6 @@ types; and static const tables of tensors and ops, op inputs and outputs given a
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -62,6 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from tinytrain.arena import KINDS, Arena, TraceEvent
+from tinytrain.atomic import atomic_path
 from tinytrain.engine import SGD
 from tinytrain.graph import Graph
 from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Layer, Linear, Pointwise
@@ -414,14 +414,8 @@ def _backward_macs(graph: Graph, layer: Layer, step: LayerSchedule) -> int:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    """Write beside `path`, then rename: a reader never sees half a file, and a crash keeps the previous one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_path(path) as temporary:
         temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _json_text(data: dict) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,8 @@ import numpy as np
 from tqdm import tqdm
 
 from tinytrain.arena import Arena
+from tinytrain.atomic import atomic_path
+from tinytrain.checkpoint import write_parameters
 from tinytrain.data import Augmenter
 from tinytrain.engine import SGD, Engine
 from tinytrain.graph import Graph
@@ -317,40 +318,28 @@ class PrunedModelError(Exception):
 
 
 def save_pruned(path: str | Path, graph: Graph, kept: dict[str, np.ndarray], description: dict) -> None:
-    """Write `graph` so that load_pruned can rebuild it at any resolution; atomically (temp file, then rename).
+    """Write `graph` so that load_pruned can rebuild it at any resolution; atomically (see atomic_path).
 
     Layout: the layer list as JSON (type, name, inputs, output, relu6, stride), folded parameters under
     parameters/<layer>/weight and bias (as in training checkpoints), the weights' preprocessing as in the canonical
     weights file, the original indices of the kept channels under kept_channels/<group>, and `description` (how the
     pruning was done) as JSON. Conv padding is not stored: it follows from the resolution (see conv_padding).
     """
-    path = Path(path)
     records = [_layer_record(graph, layer) for layer in graph.layers]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")  # beside `path`, so the rename stays on one file system
-    try:
-        with h5py.File(temporary, "w") as file:
-            file.attrs["format"] = FORMAT
-            file.attrs["format_version"] = FORMAT_VERSION
-            file.attrs["layers"] = json.dumps(records)
-            file.attrs["input_name"] = graph.input_name
-            file.attrs["input_channels"] = graph.input_shape[0]
-            file.attrs["input_mean"] = np.asarray(graph.preprocessing.mean, dtype=np.float64)
-            file.attrs["input_std"] = np.asarray(graph.preprocessing.std, dtype=np.float64)
-            file.attrs["bn_eps"] = graph.preprocessing.bn_eps
-            file.attrs["padding"] = graph.preprocessing.padding
-            file.attrs["description"] = json.dumps(description)
-            for layer in graph.weighted_layers:
-                file.create_dataset(f"parameters/{layer.name}/weight", data=layer.weight)
-                file.create_dataset(f"parameters/{layer.name}/bias", data=layer.bias)
-            for name, channels in kept.items():
-                file.create_dataset(f"kept_channels/{name}", data=channels)
-        with open(temporary, "rb") as file:  # the rename is atomic only once the bytes are on disk
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as file:
+        file.attrs["format"] = FORMAT
+        file.attrs["format_version"] = FORMAT_VERSION
+        file.attrs["layers"] = json.dumps(records)
+        file.attrs["input_name"] = graph.input_name
+        file.attrs["input_channels"] = graph.input_shape[0]
+        file.attrs["input_mean"] = np.asarray(graph.preprocessing.mean, dtype=np.float64)
+        file.attrs["input_std"] = np.asarray(graph.preprocessing.std, dtype=np.float64)
+        file.attrs["bn_eps"] = graph.preprocessing.bn_eps
+        file.attrs["padding"] = graph.preprocessing.padding
+        file.attrs["description"] = json.dumps(description)
+        write_parameters(file, graph)
+        for name, channels in kept.items():
+            file.create_dataset(f"kept_channels/{name}", data=channels)
 
 
 def load_pruned(path: str | Path, resolution: int) -> Graph:

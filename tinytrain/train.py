@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tinytrain.arena import Arena
+from tinytrain.atomic import atomic_path
 from tinytrain.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from tinytrain.data import Augmenter, load_cifar10
 from tinytrain.engine import SGD, Engine, MicroBatch, NonFiniteLoss
@@ -223,7 +223,5 @@ class Trainer:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(payload, indent=2) + "\n")
