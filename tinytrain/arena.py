@@ -39,6 +39,7 @@ class TraceEvent:
     # what the view was, so that a trace alone describes every tensor (the memory plan export reads them)
     shape: tuple[int, ...]
     dtype: str  # numpy dtype string, as in Allocation: "<f4"
+    reuses: bool = False  # an alloc in place of the tensor freed just before at the same offset (Arena.reuse)
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -50,7 +51,7 @@ def _format_bytes(nbytes: int) -> str:
 
 
 class Arena:
-    """A first-fit allocator over one preallocated uint8 buffer.
+    """An allocator over one preallocated uint8 buffer: first-fit, or the offsets of a Placement planned ahead.
 
     Memory figures count the bytes each tensor needs. `high_water_bytes` is the highest arena address ever
     used, which also counts alignment padding and fragmentation: the buffer size a device must really have.
@@ -70,6 +71,8 @@ class Arena:
         self._base_shift = (-self._base_address) % alignment
         self._free_blocks: list[tuple[int, int]] = [(self._base_shift, capacity - self._base_shift)]
         self._live: dict[int, Allocation] = {}
+        self._placement: dict[tuple[str, int], tuple[int, int]] | None = None  # (name, n) -> (offset, reserved)
+        self._occurrences: dict[str, int] = {}  # allocations of each name since the placement was set
         self.op_index = 0
         self.tracing = tracing
         self.trace: list[TraceEvent] = []
@@ -90,17 +93,44 @@ class Arena:
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         reserved = max(_round_up(nbytes, self.alignment), self.alignment)
-        offset = self._take_block(reserved)
+        if self._placement is not None:
+            offset = self._planned_offset(name, reserved)
+        else:
+            offset = self._take_block(reserved)
         if offset is None:
             raise ArenaOverflow(self._overflow_message(name, shape, dtype, kind, nbytes, reserved))
-        allocation = Allocation(name, kind, offset, nbytes, reserved, shape, dtype.str)
-        self._live[offset] = allocation
-        self.live_bytes += nbytes
-        self.live_bytes_by_kind[kind] += nbytes
-        self.high_water_bytes = max(self.high_water_bytes, offset + reserved - self._base_shift)
-        self._record("alloc", allocation)
+        return self._place(Allocation(name, kind, offset, nbytes, reserved, shape, dtype.str))
+
+    def _place(self, allocation: Allocation, reuses: bool = False) -> np.ndarray:
+        self._live[allocation.offset] = allocation
+        self.live_bytes += allocation.nbytes
+        self.live_bytes_by_kind[allocation.kind] += allocation.nbytes
+        self.high_water_bytes = max(self.high_water_bytes, allocation.offset + allocation.reserved - self._base_shift)
+        self._record("alloc", allocation, reuses)
         self._update_peaks()
-        return self.buffer[offset : offset + nbytes].view(dtype).reshape(shape)
+        offset = allocation.offset
+        return self.buffer[offset:offset + allocation.nbytes].view(allocation.dtype).reshape(allocation.shape)
+
+    def reuse(self, view: np.ndarray, name: str, shape, dtype=np.float32, kind: str = "activation") -> np.ndarray:
+        """Hand the bytes of a live allocation on to a new tensor of at most its size, at the same offset, for an op
+        that writes its output over its input. The trace records the old tensor's free, then the new one's alloc,
+        so the two are never counted together; a smaller tensor gives the tail back to the free list."""
+        offset = self.offset_of(view)
+        if offset not in self._live:
+            raise ValueError("reuse() got an array that is not a live arena allocation")
+        old = self._live[offset]
+        dtype = np.dtype(dtype)
+        shape = tuple(int(dim) for dim in shape)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        reserved = max(_round_up(nbytes, self.alignment), self.alignment)
+        if reserved > old.reserved:
+            raise ValueError(f"reuse(): {name!r} needs {reserved:,} B, more than the {old.reserved:,} B of "
+                             f"{old.name!r} it would replace")
+        self._release(offset)
+        self._take_block_at(offset, reserved)
+        if self._placement is not None:
+            self._occurrences[name] = self._occurrences.get(name, 0) + 1
+        return self._place(Allocation(name, kind, offset, nbytes, reserved, shape, dtype.str), reuses=True)
 
     def free(self, view: np.ndarray) -> None:
         """Give the block of a view returned by `alloc` back to the arena."""
@@ -124,14 +154,37 @@ class Arena:
         self._record("free", allocation)
         self._give_block(allocation.offset, allocation.reserved)
 
+    # ----------------------------------------------------------------------------------------------------
+    # planned offsets
+
+    def use_placement(self, placement: dict[tuple[str, int], tuple[int, int]] | None) -> None:
+        """From now on, the n-th allocation named `name` goes to `placement[(name, n)]` (offsets from the aligned
+        start, as in the trace), until use_placement(None). A request the placement does not hold is a bug."""
+        self._placement = placement
+        self._occurrences = {}
+
+    def _planned_offset(self, name: str, reserved: int) -> int:
+        occurrence = self._occurrences.get(name, 0)
+        self._occurrences[name] = occurrence + 1
+        planned = self._placement.get((name, occurrence))
+        if planned is None or planned[1] != reserved:
+            raise AssertionError(f"allocation {name!r} #{occurrence} ({reserved:,} B) is not the one its placement "
+                                 f"planned ({planned}); the step's allocations changed since it was planned")
+        offset = planned[0] + self._base_shift
+        if offset + reserved > self.capacity:
+            return None
+        self._take_block_at(offset, reserved)
+        return offset
+
     def offset_of(self, view: np.ndarray) -> int:
         return view.__array_interface__["data"][0] - self._base_address
 
     def is_live(self, view: np.ndarray) -> bool:
         return self.offset_of(view) in self._live
 
-    def allocation_of(self, view: np.ndarray) -> Allocation:
-        return self._live[self.offset_of(view)]
+    def live_blocks(self) -> tuple[tuple[int, int], ...]:
+        """(offset, reserved) of every live allocation, offsets from the aligned start as in the trace."""
+        return tuple((a.offset - self._base_shift, a.reserved) for a in self.live())
 
     def live(self) -> list[Allocation]:
         return sorted(self._live.values(), key=lambda allocation: allocation.offset)
@@ -163,11 +216,11 @@ class Arena:
             self.peak_bytes = self.live_bytes
             self.live_at_peak = self.live()
 
-    def _record(self, action: str, allocation: Allocation) -> None:
+    def _record(self, action: str, allocation: Allocation, reuses: bool = False) -> None:
         if self.tracing:
             self.trace.append(
                 TraceEvent(self.op_index, action, allocation.offset - self._base_shift, allocation.nbytes,
-                           allocation.kind, allocation.name, allocation.shape, allocation.dtype)
+                           allocation.kind, allocation.name, allocation.shape, allocation.dtype, reuses)
             )
 
     # ----------------------------------------------------------------------------------------------------
@@ -182,6 +235,15 @@ class Arena:
                     self._free_blocks[index] = (offset + reserved, size - reserved)
                 return offset
         return None
+
+    def _take_block_at(self, offset: int, reserved: int) -> None:
+        """Take [offset, offset + reserved) out of the free block that holds it."""
+        for index, (start, size) in enumerate(self._free_blocks):
+            if start <= offset and offset + reserved <= start + size:
+                pieces = [(start, offset - start), (offset + reserved, start + size - offset - reserved)]
+                self._free_blocks[index:index + 1] = [piece for piece in pieces if piece[1] > 0]
+                return
+        raise AssertionError(f"bytes [{offset}, {offset + reserved}) are not free")
 
     def _give_block(self, offset: int, size: int) -> None:
         blocks = self._free_blocks

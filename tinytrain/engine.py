@@ -16,12 +16,16 @@ from tinytrain.kernels.image import normalize_image_forward
 from tinytrain.kernels.loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from tinytrain.kernels.residual import add_forward
 from tinytrain.kernels.sgd import sgd_update
-from tinytrain.layers import Add, flat_channels
-from tinytrain.plan import GATHER, RETAIN, StepSchedule, UpdatePlan, schedule_step
+from tinytrain.layers import Add, Depthwise, Pointwise, flat_channels
+from tinytrain.patches import plan_patch_stage, run_patch_stage
+from tinytrain.placement import Placement, plan_placement
+from tinytrain.plan import GATHER, LAYER_BY_LAYER, RETAIN, MemorySchedule, StepSchedule, UpdatePlan, schedule_step
 
 _NO_MASK = np.zeros(0, dtype=np.uint8)
 _NO_MOMENTUM = np.zeros((0, 0, 0), dtype=np.float32)
 _FIRST_COLUMN = np.zeros(1, dtype=np.int64)  # the only column of a depthwise or bias "matrix"
+REHEARSAL_ARENA_BYTES = 64 << 20  # large enough for dense training at 128x128 (about 11 MB), first-fit
+RESIDUAL_SCRATCH_BYTES = 4096  # rows of a projection computed at a time when it is added into its residual
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -76,14 +80,27 @@ class StepResult:
 class Engine:
     """Runs steps of one graph in one arena; every tensor of a step is allocated and freed there."""
 
-    def __init__(self, graph: Graph, arena: Arena, wgrad_tile_bytes: int | None = None):
+    def __init__(self, graph: Graph, arena: Arena, wgrad_tile_bytes: int | None = None,
+                 memory_schedule: MemorySchedule = LAYER_BY_LAYER, plan_offsets: bool = True):
         """`wgrad_tile_bytes`: compute and apply each weight gradient in tiles of output rows of at most this many
-        bytes (at least one row), instead of all at once; the result is identical, the wgrad peak is bounded."""
+        bytes (at least one row), instead of all at once; the result is identical, the wgrad peak is bounded.
+        `memory_schedule`: patches and in-place depthwise convs (see MemorySchedule); the same numbers.
+        `plan_offsets`: the first step of each shape is rehearsed in a large arena, and its offsets are planned
+        from the lifetimes it recorded (placement.py); every later step of that shape takes them. False:
+        first-fit at run time. Micro-batches always run first-fit."""
         if wgrad_tile_bytes is not None and wgrad_tile_bytes <= 0:
             raise ValueError(f"wgrad_tile_bytes must be positive, got {wgrad_tile_bytes}")
         self.graph = graph
         self.arena = arena
         self.wgrad_tile_bytes = wgrad_tile_bytes
+        self.memory_schedule = memory_schedule
+        self.plan_offsets = plan_offsets
+        self._placements: dict[tuple, Placement] = {}  # step shape and what was live before it -> its offsets
+        # planned once: the tiles never change from one step to the next
+        self.patch_stages = []
+        for spec in memory_schedule.patches:
+            first = self.patch_stages[-1].end_layer if self.patch_stages else 0
+            self.patch_stages.append(plan_patch_stage(graph, first, spec.end_layer, spec.grid))
         std = np.asarray(graph.preprocessing.std, dtype=np.float32)
         mean = np.asarray(graph.preprocessing.mean, dtype=np.float32)
         self._pixel_scale = (1.0 / (255.0 * std)).astype(np.float32)  # (3,)
@@ -98,8 +115,10 @@ class Engine:
     def infer(self, image: np.ndarray, read: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
         """Forward only, nothing saved; returns host copies of the logits and of the tensors named in `read`."""
         schedule = schedule_step(self.graph, UpdatePlan.frozen())
+        key = ("infer", tuple(sorted(read)), image.dtype.str)
+        rehearsal = lambda engine: engine.infer(np.zeros_like(image), read)  # noqa: E731
         read = set(read) | {self.graph.output_name}
-        with self._rollback_on_error():
+        with self._planned_offsets(key, rehearsal), self._rollback_on_error():
             tensors, _, copies = self._forward(image, schedule, read)
             self.arena.free(tensors.pop(self.graph.output_name))
         return copies
@@ -120,7 +139,12 @@ class Engine:
         if not 0 <= label < self.graph.num_classes:
             raise ValueError(f"label {label} outside [0, {self.graph.num_classes})")
         schedule = schedule_step(self.graph, plan)
-        with self._rollback_on_error():
+        key = None
+        if micro_batch.size == 1:
+            key = ("train", _schedule_shape(schedule), bool(sgd.momentum), image.dtype.str)
+        rehearsal = lambda engine: engine.train_step(np.zeros_like(image), 0, plan, SGD(0.0, sgd.momentum),  # noqa: E731
+                                                     apply_update=False)
+        with self._planned_offsets(key, rehearsal), self._rollback_on_error():
             tensors, saved, _ = self._forward(image, schedule, set())
             loss, prediction, dlogits = self._loss(tensors.pop(self.graph.output_name), label)
             self._backward(schedule, saved, dlogits, _Update(sgd, apply_update, observe_gradient, micro_batch))
@@ -132,17 +156,26 @@ class Engine:
     def _forward(self, image, schedule: StepSchedule, read: set[str]):
         arena, graph = self.arena, self.graph
         arena.op_index = 0
-        input_kind = "saved" if graph.input_name in schedule.retained_by else "input"
-        x = arena.alloc(graph.input_name, graph.input_shape, np.float32, input_kind)
-        self._load_input(x, image)
-        tensors = {graph.input_name: x}
+        if not self.patch_stages:
+            input_kind = "saved" if graph.input_name in schedule.retained_by else "input"
+            x = arena.alloc(graph.input_name, graph.input_shape, np.float32, input_kind)
+            self._load_input(x, image)
+            tensors = {graph.input_name: x}
+            first = 0
+        else:
+            tensors = {self.patch_stages[-1].output: self._run_patch_stages(image, schedule)}
+            first = self.patch_stages[-1].end_layer
         saved: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}  # layer -> (saved input, relu6 mask)
         copies = {}
-        for index, (layer, step) in enumerate(zip(graph.layers, schedule.layers)):
+        fused = set()  # residual adds already done by the projection before them
+        for index in range(first, len(graph.layers)):
+            layer, step = graph.layers[index], schedule.layers[index]
             arena.op_index = index
+            if index in fused:  # the add of a fused projection: done with it
+                saved[index] = (None, None)
+                continue
             inputs = [tensors[name] for name in layer.inputs]
             kind = "saved" if layer.output in schedule.retained_by else "activation"
-            out = arena.alloc(layer.output, graph.shapes[layer.output], np.float32, kind)
             saved_input = None
             if step.saved_input == RETAIN:
                 saved_input = inputs[0]
@@ -151,7 +184,33 @@ class Engine:
                 shape = (len(step.saved_channels),) + inputs[0].shape[1:]
                 saved_input = arena.alloc(f"{layer.name}.saved_input", shape, np.float32, "saved")
                 gather_channels(flat_channels(saved_input), flat_channels(inputs[0]), step.saved_channels)
-            layer.forward(out, *inputs)
+            residual_add = self._residual_add_in_place(index, schedule, read)
+            if residual_add is not None:
+                # the projection is added straight into the residual stream, whose bytes become the add's output
+                add = graph.layers[residual_add]
+                residual = add.inputs[0] if add.inputs[1] == layer.output else add.inputs[1]
+                rows = max(1, min(layer.out_channels, RESIDUAL_SCRATCH_BYTES // (4 * inputs[0][0].size)))
+                scratch = arena.alloc(f"{layer.name}.scratch", (rows, inputs[0][0].size), np.float32, "scratch")
+                out_kind = "saved" if add.output in schedule.retained_by else "activation"
+                out = arena.reuse(tensors.pop(residual), add.output, graph.shapes[add.output], np.float32, out_kind)
+                layer.forward_into_residual(out, inputs[0], scratch)
+                arena.free(scratch)
+                fused.add(residual_add)
+                saved[index] = (saved_input, None)
+                tensors[add.output] = out
+                if add.output in read:
+                    copies[add.output] = out.copy()
+                self._free_dead_inputs(layer, index, schedule, tensors)
+                continue
+            if self._runs_in_place(index, schedule, read):
+                scratch = arena.alloc(f"{layer.name}.scratch", inputs[0].shape[1:], np.float32, "scratch")
+                out = arena.reuse(tensors.pop(layer.inputs[0]), layer.output, graph.shapes[layer.output],
+                                  np.float32, kind)
+                layer.forward_in_place(out, inputs[0], scratch)
+                arena.free(scratch)
+            else:
+                out = arena.alloc(layer.output, graph.shapes[layer.output], np.float32, kind)
+                layer.forward(out, *inputs)
             mask = None
             if layer.relu6:
                 if step.save_mask:
@@ -161,23 +220,93 @@ class Engine:
             tensors[layer.output] = out
             if layer.output in read:
                 copies[layer.output] = out.copy()
-            for name in set(layer.inputs):
-                if schedule.last_forward_use[name] == index and name not in schedule.retained_by:
-                    arena.free(tensors.pop(name))
+            self._free_dead_inputs(layer, index, schedule, tensors)
         return tensors, saved, copies
 
+    def _free_dead_inputs(self, layer, index: int, schedule: StepSchedule, tensors: dict) -> None:
+        for name in set(layer.inputs):
+            if name in tensors and schedule.last_forward_use[name] == index and name not in schedule.retained_by:
+                self.arena.free(tensors.pop(name))
+
+    def _residual_add_in_place(self, index: int, schedule: StepSchedule, read: set[str]) -> int | None:
+        """The index of the residual add that a projection (pointwise, no ReLU6) can be fused into: the add comes
+        next, reads the projection and a residual stream that nothing reads after it."""
+        graph = self.graph
+        layer = graph.layers[index]
+        if not (self.memory_schedule.in_place_depthwise and isinstance(layer, Pointwise) and not layer.relu6
+                and index + 1 < len(graph.layers) and isinstance(graph.layers[index + 1], Add)):
+            return None
+        add = graph.layers[index + 1]
+        if layer.output not in add.inputs or add.inputs[0] == add.inputs[1]:
+            return None
+        residual = add.inputs[0] if add.inputs[1] == layer.output else add.inputs[1]
+        for name in (layer.output, residual):
+            if (schedule.last_forward_use[name] != index + 1 or name in schedule.retained_by or name in read
+                    or name == graph.input_name):
+                return None
+        return index + 1
+
+    def _runs_in_place(self, index: int, schedule: StepSchedule, read: set[str]) -> bool:
+        """A depthwise conv may overwrite its input when nothing reads that input after it."""
+        layer = self.graph.layers[index]
+        if not (self.memory_schedule.in_place_depthwise and isinstance(layer, Depthwise)):
+            return False
+        name = layer.inputs[0]
+        return (schedule.last_forward_use[name] == index and name not in schedule.retained_by and name not in read
+                and name != self.graph.input_name)
+
+    def _run_patch_stages(self, image, schedule: StepSchedule) -> np.ndarray:
+        """The frozen front, tile by tile; returns the last stage's output, whole. The camera frame (uint8,
+        H x W x 3) is the step's input in the arena; the first stage's tiles normalise only the pixels they read."""
+        arena, graph = self.arena, self.graph
+        for index in range(self.patch_stages[-1].end_layer):
+            step = schedule.layers[index]
+            if step.runs_backward or step.saved_input is not None:
+                raise ValueError(f"{graph.layers[index].name} trains or passes a gradient in this plan, but the memory "
+                                 f"schedule runs it in patches; patch only frozen layers before the first trained one")
+        channels, height, width = graph.input_shape
+        self._check_input(image)
+        if image.dtype == np.uint8:
+            source = arena.alloc(f"{graph.input_name}.frame", (height, width, channels), np.uint8, "input")
+        else:
+            source = arena.alloc(graph.input_name, graph.input_shape, np.float32, "input")
+        np.copyto(source, image)
+
+        def load_frame(tile, region):
+            window = source[region.top:region.bottom, region.left:region.right]
+            normalize_image_forward(tile, window, self._pixel_scale, self._pixel_shift)
+
+        def load_window(tile, region):
+            np.copyto(tile, source[:, region.top:region.bottom, region.left:region.right])
+
+        load = load_frame if source.dtype == np.uint8 else load_window
+        for stage in self.patch_stages:
+            kind = "saved" if stage.output in schedule.retained_by else "activation"
+            out = arena.alloc(stage.output, graph.shapes[stage.output], np.float32, kind)
+            arena.op_index = stage.end_layer - 1
+            run_patch_stage(stage, graph, arena, load, out)
+            arena.free(source)
+            source, load = out, load_window
+        return source
+
     def _load_input(self, x: np.ndarray, image: np.ndarray) -> None:
+        self._check_input(image)
+        if image.dtype == np.uint8:
+            normalize_image_forward(x, image, self._pixel_scale, self._pixel_shift)
+        else:
+            np.copyto(x, image)
+
+    def _check_input(self, image: np.ndarray) -> None:
         channels, height, width = self.graph.input_shape
         if image.dtype == np.uint8:
             if image.shape != (height, width, channels):
                 raise ValueError(f"uint8 image must be (H, W, C) = {(height, width, channels)}, got {image.shape}")
-            normalize_image_forward(x, image, self._pixel_scale, self._pixel_shift)
         elif image.dtype == np.float32:
-            if image.shape != x.shape:
-                raise ValueError(f"float32 input must be preprocessed (C, H, W) = {x.shape}, got {image.shape}")
+            if image.shape != self.graph.input_shape:
+                raise ValueError(f"float32 input must be preprocessed (C, H, W) = {self.graph.input_shape}, got "
+                                 f"{image.shape}")
             if not np.isfinite(image).all():
                 raise ValueError("input contains NaN or infinite values")
-            np.copyto(x, image)
         else:
             raise TypeError(f"input must be uint8 pixels (H, W, C) or a preprocessed float32 (C, H, W), got {image.dtype}")
 
@@ -206,7 +335,7 @@ class Engine:
         count = len(graph.layers)
         for index in reversed(range(count)):
             step, layer = schedule.layers[index], graph.layers[index]
-            saved_input, mask = saved.pop(index)
+            saved_input, mask = saved.pop(index, (None, None))  # a patched layer saves nothing
             if not step.runs_backward:
                 continue
             arena.op_index = 2 * count - index
@@ -221,6 +350,18 @@ class Engine:
             if mask is not None:
                 layer.relu6_backward(dout, mask)
                 arena.free(mask)
+            if self._backward_in_place(layer, step, grads):
+                # the bias gradient reads dout, so it comes first; dx then overwrites dout
+                if step.update is not None:
+                    self._update(layer, step, dout, saved_input, update)
+                scratch = arena.alloc(f"{layer.name}.scratch", dout.shape[1:], np.float32, "scratch")
+                dx = arena.reuse(dout, f"d{layer.inputs[0]}", graph.shapes[layer.inputs[0]], np.float32, "grad")
+                layer.backward_input_in_place(dx, dout, scratch)
+                arena.free(scratch)
+                grads.hand_over(layer.inputs[0], dx)
+                if step.saved_input == GATHER:
+                    arena.free(saved_input)
+                continue
             if step.input_needs_grad[0]:
                 dx, accumulate = grads.for_write(layer.inputs[0], graph.shapes[layer.inputs[0]])
                 layer.backward_input(dx, dout, accumulate)
@@ -234,6 +375,13 @@ class Engine:
                 if retained_holders[name] == 0:
                     arena.free(saved_input)
             grads.release(dout)
+
+    def _backward_in_place(self, layer, step, grads: _Gradients) -> bool:
+        """A stride-1 depthwise conv whose weight does not train can write dx over dout: the weight update would
+        otherwise need dout after dx has used the old weights."""
+        return (self.memory_schedule.in_place_depthwise and isinstance(layer, Depthwise) and layer.stride == 1
+                and step.input_needs_grad[0] and not grads.has(layer.inputs[0])
+                and (step.update is None or not step.update.trains_weight) and step.saved_input != RETAIN)
 
     def _update(self, layer, step, dout, saved_input, update: _Update) -> None:
         arena, layer_update = self.arena, step.update
@@ -319,6 +467,34 @@ class Engine:
             np.copyto(self._momentum_buffer(parameter, values.shape), values)
 
     @contextmanager
+    def _planned_offsets(self, key: tuple | None, rehearsal: Callable[[Engine], object]):
+        """Run the step at offsets planned for its shape (`key`; None: first-fit) and for the blocks live now."""
+        if not self.plan_offsets or key is None:
+            yield
+            return
+        fixed = self.arena.live_blocks()
+        key = key + (fixed,)
+        placement = self._placements.get(key)
+        if placement is None:
+            placement = self._rehearse(rehearsal, fixed)
+            self._placements[key] = placement
+        self.arena.use_placement(placement.offsets)
+        try:
+            yield
+        finally:
+            self.arena.use_placement(None)
+
+    def _rehearse(self, rehearsal: Callable[[Engine], object], fixed) -> Placement:
+        """One step of the same shape in a large arena, first-fit, traced; its lifetimes give the offsets."""
+        engine = Engine(self.graph, Arena(REHEARSAL_ARENA_BYTES), self.wgrad_tile_bytes, self.memory_schedule,
+                        plan_offsets=False)
+        for parameter, buffer in self._momentum.items():  # live before the step here: fixed blocks, not traced
+            engine._momentum_buffer(parameter, buffer.shape)
+        engine.arena.reset_peak()
+        rehearsal(engine)
+        return plan_placement(engine.arena.trace, self.arena.alignment, fixed)
+
+    @contextmanager
     def _rollback_on_error(self):
         """On an exception inside a step, free what the step allocated so the arena stays usable. Momentum buffers
         the step created go with it; an unfinished micro-batch is abandoned and its gradient sums freed."""
@@ -335,6 +511,15 @@ class Engine:
             raise
 
 
+def _schedule_shape(schedule: StepSchedule) -> tuple:
+    """What decides a training step's allocations: per layer what it computes and saves, and how many channels."""
+    return tuple((step.runs_backward, step.input_needs_grad, step.save_mask, step.saved_input,
+                  None if step.saved_channels is None else len(step.saved_channels),
+                  None if step.update is None else (len(step.update.out_channels), len(step.update.in_channels),
+                                                    step.update.bias))
+                 for step in schedule.layers)
+
+
 class _Gradients:
     """Activation gradients by tensor name. The residual add hands one buffer to both of its inputs, so a buffer
     may be held under several names; it is freed when its last holder releases it, and copied before anyone
@@ -349,6 +534,13 @@ class _Gradients:
         self.by_tensor[name] = view
         offset = self.arena.offset_of(view)
         self.holders[offset] = self.holders.get(offset, 0) + 1
+
+    def has(self, name: str) -> bool:
+        return name in self.by_tensor
+
+    def hand_over(self, name: str, view: np.ndarray) -> None:
+        """`view` now holds d`name`, in the bytes of a gradient the caller took (and so holds) exclusively."""
+        self.by_tensor[name] = view
 
     def take(self, name: str) -> np.ndarray:
         """Remove the gradient of `name`; the caller now holds it and must release it."""

@@ -7,8 +7,10 @@ import numpy as np
 from tinytrain.kernels.channels import bias_backward
 from tinytrain.kernels.conv2d import conv2d_backward_input, conv2d_backward_weight, conv2d_forward
 from tinytrain.kernels.depthwise import depthwise_backward_input, depthwise_backward_weight, depthwise_forward
+from tinytrain.kernels.depthwise_inplace import depthwise_backward_input_inplace, depthwise_forward_inplace
 from tinytrain.kernels.linear import linear_backward_input, linear_backward_weight, linear_forward
 from tinytrain.kernels.pointwise import pointwise_backward_input, pointwise_backward_weight, pointwise_forward
+from tinytrain.kernels.pointwise_residual import pointwise_residual_forward
 from tinytrain.kernels.pool import global_avg_pool_backward, global_avg_pool_forward
 from tinytrain.kernels.relu6 import relu6_backward, relu6_forward
 from tinytrain.kernels.residual import add_forward
@@ -114,7 +116,11 @@ class Conv2d(WeightedLayer):
         return int(self.weight.size) * out_h * out_w
 
     def forward(self, out, x):
-        conv2d_forward(out, x, self.weight, self.bias, self.stride, self.padding[0], self.padding[1])
+        self.forward_padded(out, x, self.padding[0], self.padding[1])
+
+    def forward_padded(self, out, x, pad_top, pad_left):
+        """The forward with the padding of another origin: a tile of the input has its own (see patches.py)."""
+        conv2d_forward(out, x, self.weight, self.bias, self.stride, pad_top, pad_left)
 
     def backward_input(self, dx, dout, accumulate):
         conv2d_backward_input(dx, dout, self.weight, self.stride, self.padding[0], self.padding[1], accumulate)
@@ -139,8 +145,18 @@ class Depthwise(Conv2d):
     def dweight_shape(self, n_out, n_in):
         return (n_out,) + self.weight.shape[1:]
 
-    def forward(self, out, x):
-        depthwise_forward(out, x, self.weight, self.bias, self.stride, self.padding[0], self.padding[1])
+    def forward_padded(self, out, x, pad_top, pad_left):
+        depthwise_forward(out, x, self.weight, self.bias, self.stride, pad_top, pad_left)
+
+    def forward_in_place(self, out, x, scratch):
+        """`out` overwrites `x`'s own bytes; scratch (H, W) holds one input plane."""
+        depthwise_forward_inplace(out, x, scratch, self.weight, self.bias, self.stride, self.padding[0],
+                                  self.padding[1])
+
+    def backward_input_in_place(self, dx, dout, scratch):
+        """`dx` is written over the bytes of `dout`, which are its first dout.size floats; scratch (Ho, Wo)."""
+        depthwise_backward_input_inplace(dx, dout, scratch, self.weight, self.stride, self.padding[0],
+                                         self.padding[1])
 
     def backward_input(self, dx, dout, accumulate):
         depthwise_backward_input(dx, dout, self.weight, self.stride, self.padding[0], self.padding[1], accumulate)
@@ -163,6 +179,10 @@ class Pointwise(WeightedLayer):
 
     def forward(self, out, x):
         pointwise_forward(flat_channels(out), flat_channels(x), self.weight, self.bias)
+
+    def forward_into_residual(self, residual, x, scratch):
+        """residual += this layer's output, computed `scratch.shape[0]` rows at a time."""
+        pointwise_residual_forward(flat_channels(residual), flat_channels(x), self.weight, self.bias, scratch)
 
     def backward_input(self, dx, dout, accumulate):
         pointwise_backward_input(flat_channels(dx), flat_channels(dout), self.weight, accumulate)

@@ -9,7 +9,7 @@ import numpy as np
 from tinytrain.arena import Allocation, Arena
 from tinytrain.engine import SGD, Engine, MicroBatch
 from tinytrain.graph import Graph
-from tinytrain.plan import UpdatePlan
+from tinytrain.plan import LAYER_BY_LAYER, MemorySchedule, UpdatePlan
 
 
 MEASURING_ARENA_BYTES = 64 << 20  # large enough to measure dense training at 128x128 (about 11 MB)
@@ -38,21 +38,23 @@ def _blank_image(graph: Graph) -> np.ndarray:
     return np.zeros((height, width, channels), dtype=np.uint8)
 
 
-def measure_inference(graph: Graph, arena_bytes: int) -> StepMemory:
+def measure_inference(graph: Graph, arena_bytes: int,
+                      memory_schedule: MemorySchedule = LAYER_BY_LAYER) -> StepMemory:
     arena = Arena(arena_bytes)
-    Engine(graph, arena).infer(_blank_image(graph))
+    Engine(graph, arena, memory_schedule=memory_schedule).infer(_blank_image(graph))
     return StepMemory.from_arena(arena)
 
 
 def dry_run_training_step(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SGD(lr=0.0),
-                          wgrad_tile_bytes: int | None = None, micro_batch: int = 1) -> Arena:
+                          wgrad_tile_bytes: int | None = None, micro_batch: int = 1,
+                          memory_schedule: MemorySchedule = LAYER_BY_LAYER) -> Arena:
     """One step in a fresh tracing arena: every buffer is allocated and computed, no weight changes. Returns the
     arena, whose trace holds exactly that step. Raises ArenaOverflow if the plan does not fit.
 
     With `micro_batch` > 1 it runs the first and the last sample of a micro-batch, so the peak includes the
     gradient sums held from one sample to the next (the trace then holds both)."""
     arena = Arena(arena_bytes)
-    engine = Engine(graph, arena, wgrad_tile_bytes)
+    engine = Engine(graph, arena, wgrad_tile_bytes, memory_schedule)
     samples = {0, micro_batch - 1}
     for index in sorted(samples):
         engine.train_step(_blank_image(graph), 0, plan, sgd, apply_update=False,
@@ -61,5 +63,6 @@ def dry_run_training_step(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd:
 
 
 def measure_training_step(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SGD(lr=0.0),
-                          micro_batch: int = 1) -> StepMemory:
-    return StepMemory.from_arena(dry_run_training_step(graph, plan, arena_bytes, sgd, micro_batch=micro_batch))
+                          micro_batch: int = 1, memory_schedule: MemorySchedule = LAYER_BY_LAYER) -> StepMemory:
+    return StepMemory.from_arena(dry_run_training_step(graph, plan, arena_bytes, sgd, micro_batch=micro_batch,
+                                                       memory_schedule=memory_schedule))

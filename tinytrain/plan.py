@@ -113,3 +113,40 @@ def _check_channels(layer, update: LayerUpdate, in_channels: np.ndarray) -> None
             raise ValueError(f"{layer.name}: {what} out of range [0, {count})")
         if len(np.unique(channels)) != len(channels):
             raise ValueError(f"{layer.name}: {what} has repeated channels")
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    """Layers up to `end_layer` (from where the previous stage ended) run tile by tile on a (rows, columns) grid."""
+
+    end_layer: int
+    grid: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class MemorySchedule:
+    """How a step is executed to save arena bytes; the numbers computed are the layer-by-layer ones.
+
+    `patches`: consecutive patch stages from the first layer on (frozen layers only, see patches.py); each reads the
+    previous stage's output whole and leaves its own whole; none runs every layer whole.
+    `in_place_depthwise`: a depthwise conv whose input dies with it writes its output over that input, and a
+    stride-1 depthwise conv whose weight does not train writes its input gradient over its output gradient.
+    """
+
+    patches: tuple[PatchSpec, ...] = ()
+    in_place_depthwise: bool = False
+
+    def describe(self, graph: Graph) -> str:
+        parts = []
+        first = 0
+        for spec in self.patches:
+            rows, columns = spec.grid
+            parts.append(f"{graph.layers[first].name} to {graph.layers[spec.end_layer - 1].name} in {rows}x{columns} "
+                         "patches")
+            first = spec.end_layer
+        if self.in_place_depthwise:
+            parts.append("depthwise in place")
+        return ", ".join(parts) or "layer by layer"
+
+
+LAYER_BY_LAYER = MemorySchedule()
