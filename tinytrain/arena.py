@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +51,13 @@ def _format_bytes(nbytes: int) -> str:
     return f"{nbytes:,} B ({nbytes / 1024:.1f} KiB)"
 
 
+def describe_tensors(allocations, count: int = 5) -> str:
+    """The `count` largest allocations, one indented line each."""
+    largest = sorted(allocations, key=lambda allocation: -allocation.nbytes)[:count]
+    return "\n".join(f"    {a.name} [{a.kind}] {a.shape} {np.dtype(a.dtype).name}: {_format_bytes(a.nbytes)}"
+                     for a in largest) or "    (nothing)"
+
+
 class Arena:
     """An allocator over one preallocated uint8 buffer: first-fit, or the offsets of a Placement planned ahead.
 
@@ -91,7 +99,7 @@ class Arena:
         if any(dim < 0 for dim in shape):
             raise ValueError(f"negative dimension in shape {shape} for {name!r}")
         dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         reserved = max(_round_up(nbytes, self.alignment), self.alignment)
         if self._placement is not None:
             offset = self._planned_offset(name, reserved)
@@ -121,7 +129,7 @@ class Arena:
         old = self._live[offset]
         dtype = np.dtype(dtype)
         shape = tuple(int(dim) for dim in shape)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         reserved = max(_round_up(nbytes, self.alignment), self.alignment)
         if reserved > old.reserved:
             raise ValueError(f"reuse(): {name!r} needs {reserved:,} B, more than the {old.reserved:,} B of "
@@ -197,6 +205,7 @@ class Arena:
         self.peak_bytes = self.live_bytes
         self.peak_bytes_by_kind = dict(self.live_bytes_by_kind)
         self.live_at_peak: list[Allocation] = self.live()
+        self.peak_op_index = self.op_index
         self.high_water_bytes = max((a.offset + a.reserved - self._base_shift for a in self._live.values()), default=0)
         self.trace = []
 
@@ -215,6 +224,7 @@ class Arena:
         if self.live_bytes > self.peak_bytes:
             self.peak_bytes = self.live_bytes
             self.live_at_peak = self.live()
+            self.peak_op_index = self.op_index
 
     def _record(self, action: str, allocation: Allocation, reuses: bool = False) -> None:
         if self.tracing:
@@ -259,10 +269,7 @@ class Arena:
             del blocks[index]
 
     def _overflow_message(self, name, shape, dtype, kind, nbytes, reserved) -> str:
-        largest_live = sorted(self._live.values(), key=lambda allocation: -allocation.nbytes)[:5]
-        holders = "\n".join(
-            f"    {a.name} [{a.kind}] {a.shape} {np.dtype(a.dtype).name}: {_format_bytes(a.nbytes)}" for a in largest_live
-        ) or "    (nothing)"
+        holders = describe_tensors(self._live.values())
         return (
             f"arena overflow at op {self.op_index}: cannot allocate {name!r} [{kind}] {shape} {dtype.name}, "
             f"{_format_bytes(nbytes)} ({reserved:,} B aligned).\n"

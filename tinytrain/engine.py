@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
 
-from tinytrain.arena import Arena
+from tinytrain.arena import Arena, ArenaOverflow, describe_tensors
 from tinytrain.graph import Graph
 from tinytrain.kernels.channels import gather_channels
 from tinytrain.kernels.image import normalize_image_forward
@@ -477,6 +477,8 @@ class Engine:
         placement = self._placements.get(key)
         if placement is None:
             placement = self._rehearse(rehearsal, fixed)
+            if placement.high_water_bytes > self.arena.capacity - self.arena.alignment:
+                raise ArenaOverflow(self._placement_overflow(placement))
             self._placements[key] = placement
         self.arena.use_placement(placement.offsets)
         try:
@@ -492,7 +494,19 @@ class Engine:
             engine._momentum_buffer(parameter, buffer.shape)
         engine.arena.reset_peak()
         rehearsal(engine)
-        return plan_placement(engine.arena.trace, self.arena.alignment, fixed)
+        placement = plan_placement(engine.arena.trace, self.arena.alignment, fixed)
+        return replace(placement, peak_op_index=engine.arena.peak_op_index,
+                       live_at_peak=tuple(engine.arena.live_at_peak))
+
+    def _placement_overflow(self, placement: Placement) -> str:
+        op_names = StepSchedule.op_names_of(self.graph)
+        fullest = sum(allocation.nbytes for allocation in placement.live_at_peak)
+        return (f"arena overflow when planning the step: its offsets need {placement.high_water_bytes:,} B, the arena "
+                f"has {self.arena.capacity:,} B. Fullest at op {placement.peak_op_index} "
+                f"({op_names[placement.peak_op_index]}), {fullest:,} B live; the largest tensors there:\n"
+                f"{describe_tensors(placement.live_at_peak)}\n"
+                "  Fix: enlarge the arena (--arena-bytes), lower the input resolution, train fewer layers/channels, "
+                "or use a leaner memory schedule (patches, depthwise in place).")
 
     @contextmanager
     def _rollback_on_error(self):

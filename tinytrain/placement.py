@@ -11,13 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinytrain.arena import TraceEvent
+from tinytrain.arena import Allocation, TraceEvent
 
 
 @dataclass(frozen=True)
 class Placement:
     offsets: dict[tuple[str, int], tuple[int, int]]  # (name, n-th allocation of it) -> (offset, reserved bytes)
     high_water_bytes: int  # highest byte any planned tensor or fixed block reaches
+    peak_op_index: int = 0  # where the step is fullest, and what is live then (for the message when it overflows)
+    live_at_peak: tuple[Allocation, ...] = ()
 
 
 def _reserved(nbytes: int, alignment: int) -> int:

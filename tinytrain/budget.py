@@ -1,0 +1,117 @@
+"""Budget fitting: the fastest memory schedule whose measured training step fits a given arena.
+
+Candidates run from layer by layer (nothing to pay) through depthwise convs in place (nothing to pay either) to
+patch stages over the frozen front, whose halos are computed more than once. They are tried cheapest first, by
+an estimate of the extra work, and each is dry-run in an arena of the budget's size, so "fits" is measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tinytrain.arena import ArenaOverflow
+from tinytrain.engine import SGD
+from tinytrain.graph import Graph
+from tinytrain.layers import Add, Pointwise
+from tinytrain.memory import MEASURING_ARENA_BYTES, StepMemory, measure_training_step
+from tinytrain.patches import patch_boundaries, plan_patch_stage
+from tinytrain.plan import LAYER_BY_LAYER, MemorySchedule, PatchSpec, UpdatePlan, schedule_step
+
+PATCH_GRIDS = (2, 3, 4, 5, 6, 8)  # tiles per side of a stage's output
+# The estimate that orders the candidates (it only ranks them; nothing reported is estimated): halo MACs at the
+# rate the small tile kernels reach here, plus the engine's cost of one kernel call with its two arena calls.
+SECONDS_PER_MAC = 1 / 3e9
+SECONDS_PER_KERNEL_CALL = 25e-6
+
+
+class BudgetTooSmall(ArenaOverflow):
+    """Even the leanest schedule overflows the arena; the message names the tensor and the budget that would do."""
+
+
+@dataclass(frozen=True)
+class FittedSchedule:
+    schedule: MemorySchedule
+    memory: StepMemory  # the dry run in the budget's arena
+    extra_seconds: float  # the estimate it was ranked by: patch work beyond the layer-by-layer step
+
+
+def _block_outputs(graph: Graph, frozen_layers: int) -> list[int]:
+    """Patch boundaries after a block's output (a residual add or a projection), within the frozen front."""
+    return [boundary for boundary in patch_boundaries(graph)[1:] if boundary <= frozen_layers
+            and isinstance(graph.layers[boundary - 1], (Add, Pointwise)) and not graph.layers[boundary - 1].relu6]
+
+
+def candidate_schedules(graph: Graph, plan: UpdatePlan) -> list[tuple[float, MemorySchedule]]:
+    """(estimated extra seconds, schedule), cheapest first: one or two patch stages over the frozen front."""
+    steps = schedule_step(graph, plan).layers
+    frozen_layers = next((index for index, step in enumerate(steps) if step.runs_backward
+                          or step.saved_input is not None), len(steps))
+    boundaries = _block_outputs(graph, frozen_layers)
+    whole_macs = {}  # (first, end) -> MACs of those layers run whole
+    candidates = [(0.0, LAYER_BY_LAYER), (0.0, MemorySchedule((), True))]
+    stage_costs = {}
+    for first in [0] + boundaries:
+        for end in boundaries:
+            if end <= first:
+                continue
+            whole_macs[first, end] = sum(layer.macs([graph.shapes[name] for name in layer.inputs])
+                                         for layer in graph.layers[first:end])
+            for grid in PATCH_GRIDS:
+                try:
+                    stage = plan_patch_stage(graph, first, end, (grid, grid))
+                except ValueError:  # the grid is finer than the stage's output
+                    continue
+                stage_costs[first, end, grid] = ((stage.macs - whole_macs[first, end]) * SECONDS_PER_MAC
+                                                 + stage.kernel_calls * SECONDS_PER_KERNEL_CALL)
+    for (first, end, grid), cost in stage_costs.items():
+        if first == 0:
+            candidates.append((cost, MemorySchedule((PatchSpec(end, (grid, grid)),), True)))
+    for (first, end, grid), cost in stage_costs.items():
+        if first == 0:
+            for (second_first, second_end, second_grid), second_cost in stage_costs.items():
+                if second_first == end:
+                    candidates.append((cost + second_cost, MemorySchedule(
+                        (PatchSpec(end, (grid, grid)), PatchSpec(second_end, (second_grid, second_grid))), True)))
+    return sorted(candidates, key=lambda candidate: candidate[0])
+
+
+def _family(schedule: MemorySchedule) -> tuple:
+    return (schedule.in_place_depthwise,) + tuple(spec.end_layer for spec in schedule.patches)
+
+
+def _tiles(schedule: MemorySchedule) -> int:
+    return sum(spec.grid[0] * spec.grid[1] for spec in schedule.patches)
+
+
+def fit_schedule(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SGD(lr=0.0)) -> FittedSchedule:
+    """The cheapest candidate whose dry run fits `arena_bytes`; BudgetTooSmall if none does.
+
+    Each candidate is first measured in a large arena (its high water is what its planned offsets need), so a
+    family of stage boundaries whose finest grid does not fit is not tried at coarser grids, and only a candidate
+    that fits there is run again in an arena of the budget's size."""
+    candidates = candidate_schedules(graph, plan)
+    finest = {}
+    for _, schedule in candidates:
+        family = _family(schedule)
+        if family not in finest or _tiles(schedule) > _tiles(finest[family]):
+            finest[family] = schedule
+    needs = {family: measure_training_step(graph, plan, MEASURING_ARENA_BYTES, sgd, memory_schedule=schedule)
+             for family, schedule in finest.items()}
+    for cost, schedule in candidates:
+        if needs[_family(schedule)].high_water_bytes > arena_bytes:
+            continue
+        need = measure_training_step(graph, plan, MEASURING_ARENA_BYTES, sgd, memory_schedule=schedule)
+        if need.high_water_bytes <= arena_bytes:
+            memory = measure_training_step(graph, plan, arena_bytes, sgd, memory_schedule=schedule)
+            return FittedSchedule(schedule, memory, cost)
+    family, leanest = min(needs.items(), key=lambda item: item[1].high_water_bytes)
+    raise BudgetTooSmall(_too_small_message(graph, finest[family], leanest, arena_bytes))
+
+
+def _too_small_message(graph: Graph, schedule: MemorySchedule, memory: StepMemory, arena_bytes: int) -> str:
+    largest = max(memory.live_at_peak, key=lambda allocation: allocation.nbytes)
+    return (f"no memory schedule fits the {arena_bytes:,} B arena. The leanest ({schedule.describe(graph)}) needs "
+            f"{memory.high_water_bytes:,} B: at its fullest moment {memory.whole_step_peak_bytes:,} B of tensors "
+            f"are live, the largest {largest.name!r} ({largest.nbytes:,} B), which does not fit beside the rest.\n"
+            f"  Fix: an arena of at least {memory.high_water_bytes:,} B (--arena-bytes), a lower resolution, or "
+            "fewer trained layers (a later --bias-from-block).")
