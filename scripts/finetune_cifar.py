@@ -46,11 +46,13 @@ def parse_args(argv):
                         help="static, dynamic: also train every bias from this block on, or 'none'. Biases are not "
                              "conv weights; they need backward through those blocks (1-bit ReLU6 masks) but no "
                              "saved inputs. On 5,000 images (2 epochs): none 73.00%%, from block 7 75.05%%, from "
-                             "block 4 75.90%%")
+                             "block 4 75.90%%. Block 7 is the earliest whose whole step fits 256 KiB at 128x128")
     parser.add_argument("--resolution", type=int, default=DEFAULTS.resolution,
                         help="input side in pixels; CIFAR images are resized (bilinear) to it")
     parser.add_argument("--arena-bytes", type=int, default=DEFAULTS.arena_bytes,
-                        help="arena capacity; a plan that does not fit fails before training starts")
+                        help="arena capacity in bytes (default 262,144: 256 KiB). The trainer picks the fastest "
+                             "memory schedule whose dry-run step fits it (layer by layer, depthwise in place, or the "
+                             "frozen front in patches); if none fits, it fails before training starts")
     parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="passes over the training set")
     parser.add_argument("--micro-batch", type=int, default=DEFAULTS.micro_batch,
                         help="samples per SGD step: their gradients are summed in the arena (counted as wgrad) and "
@@ -85,7 +87,8 @@ def main(argv=None) -> int:
         checkpoint_every=args.checkpoint_every)
     try:
         trainer = Trainer(config, Path(args.output_dir), data_dir=args.data_dir)
-        print(f"dry run in {config.arena_bytes:,} B: whole-step peak {trainer.dry_run.whole_step_peak_bytes:,} B, "
+        print(f"dry run in {config.arena_bytes:,} B ({trainer.memory_schedule.describe(trainer.graph)}): whole-step "
+              f"peak {trainer.dry_run.whole_step_peak_bytes:,} B, high water {trainer.dry_run.high_water_bytes:,} B, "
               f"feature memory {trainer.dry_run.feature_bytes:,} B (dense {trainer.dense_feature_bytes:,} B)")
         results = trainer.run(resume=args.resume)
     except (ArenaOverflow, NonFiniteLoss, PrunedModelError, ValueError) as error:

@@ -101,7 +101,8 @@ def test_trains_a_pruned_model_file(data_dir, cache_dir, tmp_path):
 
 
 def test_micro_batches_train_within_the_dry_run_peak(data_dir, cache_dir, tmp_path):
-    config = TrainConfig(resolution=32, epochs=1, train_subset=20, test_subset=10, micro_batch=4, checkpoint_every=8)
+    config = TrainConfig(resolution=32, epochs=1, train_subset=20, test_subset=10, micro_batch=4, checkpoint_every=8,
+                         arena_bytes=1 << 20)  # the gradient sums of a micro-batch need more than 256 KiB
     trainer = make_trainer(config, tmp_path, data_dir, cache_dir)
     single = make_trainer(replace(config, micro_batch=1), tmp_path / "single", data_dir, cache_dir)
     # the summed gradients live from one sample to the next, on top of a step's own weight gradients

@@ -83,7 +83,8 @@ def _tiles(schedule: MemorySchedule) -> int:
     return sum(spec.grid[0] * spec.grid[1] for spec in schedule.patches)
 
 
-def fit_schedule(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SGD(lr=0.0)) -> FittedSchedule:
+def fit_schedule(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SGD(lr=0.0),
+                 micro_batch: int = 1) -> FittedSchedule:
     """The cheapest candidate whose dry run fits `arena_bytes`; BudgetTooSmall if none does.
 
     Each candidate is first measured in a large arena (its high water is what its planned offsets need), so a
@@ -95,14 +96,14 @@ def fit_schedule(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SG
         family = _family(schedule)
         if family not in finest or _tiles(schedule) > _tiles(finest[family]):
             finest[family] = schedule
-    needs = {family: measure_training_step(graph, plan, MEASURING_ARENA_BYTES, sgd, memory_schedule=schedule)
+    needs = {family: measure_training_step(graph, plan, MEASURING_ARENA_BYTES, sgd, micro_batch, schedule)
              for family, schedule in finest.items()}
     for cost, schedule in candidates:
         if needs[_family(schedule)].high_water_bytes > arena_bytes:
             continue
-        need = measure_training_step(graph, plan, MEASURING_ARENA_BYTES, sgd, memory_schedule=schedule)
+        need = measure_training_step(graph, plan, MEASURING_ARENA_BYTES, sgd, micro_batch, schedule)
         if need.high_water_bytes <= arena_bytes:
-            memory = measure_training_step(graph, plan, arena_bytes, sgd, memory_schedule=schedule)
+            memory = measure_training_step(graph, plan, arena_bytes, sgd, micro_batch, schedule)
             return FittedSchedule(schedule, memory, cost)
     family, leanest = min(needs.items(), key=lambda item: item[1].high_water_bytes)
     raise BudgetTooSmall(_too_small_message(graph, finest[family], leanest, arena_bytes))

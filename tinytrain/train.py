@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tinytrain.arena import Arena
+from tinytrain.arena import DEFAULT_CAPACITY, Arena
 from tinytrain.atomic import atomic_path
+from tinytrain.budget import fit_schedule
 from tinytrain.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from tinytrain.data import Augmenter, load_cifar10
 from tinytrain.engine import SGD, Engine, MicroBatch, NonFiniteLoss
@@ -36,9 +37,11 @@ class TrainConfig:
     last_k: int = 2
     first_block: int = 13  # front stages before this block stay frozen (static, dynamic)
     ratio_decay: float = 4.0  # channel ratio of the first trained layer over that of the last
-    bias_from_block: int | None = 4  # static, dynamic: also train every bias from this block on
+    # static, dynamic: also train every bias from this block on. Block 7 is the earliest whose step fits 256 KiB at
+    # 128x128: block 4's 144x32x32 expansion gradient alone is 589,824 B.
+    bias_from_block: int | None = 7
     resolution: int = 128
-    arena_bytes: int = 4 << 20
+    arena_bytes: int = DEFAULT_CAPACITY  # the whole step, input frame included, lives in it
     epochs: int = 3
     micro_batch: int = 1  # samples per SGD step; their gradients are summed in the arena
     lr: float = 0.001
@@ -87,9 +90,11 @@ class Trainer:
         else:
             self.graph = load_pruned(config.model, config.resolution)
         self.policy = training_policy(config, self.graph)
-        # Fails here, before any training, if the plan does not fit the arena.
-        self.dry_run = measure_training_step(self.graph, self.policy.plan(0, 0), config.arena_bytes,
-                                             SGD(0.0, config.momentum), micro_batch=config.micro_batch)
+        # Fails here, before any training, if no memory schedule fits the plan into the arena.
+        fitted = fit_schedule(self.graph, self.policy.plan(0, 0), config.arena_bytes, SGD(0.0, config.momentum),
+                              micro_batch=config.micro_batch)
+        self.memory_schedule = fitted.schedule
+        self.dry_run = fitted.memory
         self.dense_feature_bytes = measure_training_step(self.graph, UpdatePlan.dense(self.graph),
                                                          MEASURING_ARENA_BYTES).feature_bytes
         train = load_cifar10("train", data_dir=self.data_root, cache_dir=cache_dir, progress=progress)
@@ -103,7 +108,7 @@ class Trainer:
             raise ValueError(f"micro_batch {config.micro_batch} must divide the {len(self.train_batches):,} training "
                              f"images per epoch and checkpoint_every ({config.checkpoint_every:,})")
         self.arena = Arena(config.arena_bytes, tracing=False)
-        self.engine = Engine(self.graph, self.arena)
+        self.engine = Engine(self.graph, self.arena, memory_schedule=self.memory_schedule)
         self.coverage = Coverage(self.graph)
         self.checkpoint_path = self.output_dir / "checkpoint.h5"
 
@@ -194,6 +199,7 @@ class Trainer:
             "peak_bytes_by_kind": dict(self.arena.peak_bytes_by_kind),
             "high_water_bytes": self.arena.high_water_bytes,
             "arena_bytes": self.arena.capacity,
+            "memory_schedule": self.memory_schedule.describe(self.graph),
             "feature_bytes": self.arena.peak_bytes_by_kind["saved"],
             "dense_feature_bytes": self.dense_feature_bytes,
             "feature_reduction": 1.0 - self.arena.peak_bytes_by_kind["saved"] / self.dense_feature_bytes,
