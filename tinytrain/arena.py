@@ -179,8 +179,6 @@ class Arena:
             raise AssertionError(f"allocation {name!r} #{occurrence} ({reserved:,} B) is not the one its placement "
                                  f"planned ({planned}); the step's allocations changed since it was planned")
         offset = planned[0] + self._base_shift
-        if offset + reserved > self.capacity:
-            return None
         self._take_block_at(offset, reserved)
         return offset
 
@@ -208,6 +206,11 @@ class Arena:
         self.peak_op_index = self.op_index
         self.high_water_bytes = max((a.offset + a.reserved - self._base_shift for a in self._live.values()), default=0)
         self.trace = []
+
+    @property
+    def usable_bytes(self) -> int:
+        """Bytes from the aligned start to the end: what offsets can reach."""
+        return self.capacity - self._base_shift
 
     @property
     def free_bytes(self) -> int:

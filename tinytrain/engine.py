@@ -166,7 +166,7 @@ class Engine:
             tensors = {self.patch_stages[-1].output: self._run_patch_stages(image, schedule)}
             first = self.patch_stages[-1].end_layer
         saved: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}  # layer -> (saved input, relu6 mask)
-        copies = {}
+        copies = {name: tensor.copy() for name, tensor in tensors.items() if name in read}
         fused = set()  # residual adds already done by the projection before them
         for index in range(first, len(graph.layers)):
             layer, step = graph.layers[index], schedule.layers[index]
@@ -477,7 +477,7 @@ class Engine:
         placement = self._placements.get(key)
         if placement is None:
             placement = self._rehearse(rehearsal, fixed)
-            if placement.high_water_bytes > self.arena.capacity - self.arena.alignment:
+            if placement.high_water_bytes > self.arena.usable_bytes:
                 raise ArenaOverflow(self._placement_overflow(placement))
             self._placements[key] = placement
         self.arena.use_placement(placement.offsets)
