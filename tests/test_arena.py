@@ -105,3 +105,65 @@ def test_bad_requests_are_refused_clearly():
         arena.free(view)
     with pytest.raises(ValueError, match="power of two"):
         Arena(1024, alignment=12)
+
+
+def test_reuse_hands_the_bytes_on_and_returns_the_tail():
+    arena = Arena(1024, alignment=16)
+    big = arena.alloc("x", (64,), np.float32)  # 256 B
+    after = arena.alloc("y", (4,), np.float32)
+    smaller = arena.reuse(big, "x_small", (16,), np.float32, "grad")
+    assert arena.offset_of(smaller) == arena.offset_of(big) and arena.is_live(smaller)
+    assert [event.reuses for event in arena.trace] == [False, False, False, True]
+    assert arena.live_bytes == 64 + 16 and arena.live_bytes_by_kind["grad"] == 64
+    tail = arena.alloc("tail", (48,), np.float32)  # the 192 B given back fit right after it
+    assert arena.offset_of(tail) == arena.offset_of(smaller) + 64
+    with pytest.raises(ValueError, match="more than"):
+        arena.reuse(after, "too_big", (8,), np.float32)
+
+
+def test_a_placement_puts_each_allocation_where_it_was_planned_and_rejects_the_unplanned():
+    arena = Arena(4096, alignment=16)
+    arena.use_placement({("a", 0): (512, 64), ("b", 0): (0, 32), ("a", 1): (1024, 64)})
+    first, second, again = arena.alloc("a", (16,)), arena.alloc("b", (8,)), arena.alloc("a", (16,))
+    assert [event.offset for event in arena.trace] == [512, 0, 1024]
+    assert arena.high_water_bytes == 1024 + 64
+    with pytest.raises(AssertionError, match="not the one its placement planned"):
+        arena.alloc("c", (4,))
+    arena.use_placement(None)
+    for view in (first, second, again):
+        arena.free(view)
+    assert arena.live_bytes == 0
+
+
+def test_planned_offsets_never_overlap_while_both_live():
+    """Random lifetimes, some never freed (they are planned as live through the whole step)."""
+    from tinytrain.placement import plan_placement
+
+    rng = np.random.default_rng(5)
+    first_fit = Arena(1 << 20, alignment=16)
+    live = []
+    for step in range(300):
+        if live and rng.random() < 0.45:
+            first_fit.free(live.pop(rng.integers(len(live))))
+        else:
+            live.append(first_fit.alloc(f"t{step}", (int(rng.integers(1, 2000)),), np.float32))
+    placement = plan_placement(first_fit.trace, 16)
+    spans, start = {}, {}
+    occurrences = {}
+    for position, event in enumerate(first_fit.trace):
+        if event.action == "alloc":
+            key = (event.name, occurrences.get(event.name, 0))
+            occurrences[event.name] = key[1] + 1
+            start[event.offset] = (key, position)
+        else:
+            key, begin = start.pop(event.offset)
+            spans[key] = (begin, position)
+    for key, begin in start.values():
+        spans[key] = (begin, len(first_fit.trace))
+    keys = list(spans)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            if spans[a][0] <= spans[b][1] and spans[b][0] <= spans[a][1]:
+                (offset_a, size_a), (offset_b, size_b) = placement.offsets[a], placement.offsets[b]
+                assert offset_a + size_a <= offset_b or offset_b + size_b <= offset_a, (a, b)
+    assert placement.high_water_bytes >= first_fit.peak_bytes

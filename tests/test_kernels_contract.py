@@ -7,9 +7,11 @@ import pytest
 from kernel_references import conv_output_size, count_allocations, random_array
 from numba.core.dispatcher import Dispatcher
 
-from tinytrain.kernels import channels, conv2d, depthwise, linear, loss, pointwise, pool, relu6, residual, sgd
+from tinytrain.kernels import (channels, conv2d, depthwise, depthwise_inplace, linear, loss, pointwise,
+                               pointwise_residual, pool, relu6, residual, sgd)
 
-MODULES = [conv2d, depthwise, pointwise, relu6, residual, pool, linear, loss, channels, sgd]
+MODULES = [conv2d, depthwise, depthwise_inplace, pointwise, pointwise_residual, relu6, residual, pool, linear, loss,
+           channels, sgd]
 
 
 def kernel_calls():
@@ -53,7 +55,24 @@ def kernel_calls():
         ("softmax_cross_entropy_backward", loss.softmax_cross_entropy_backward, (array(10), array(10), 7)),
         ("gather_channels", channels.gather_channels, (array(2, n_pixels), array(n_in, n_pixels), some_in)),
         ("bias_backward", channels.bias_backward, (array(3), array(n_out, n_pixels), some_out)),
+        ("pointwise_residual_forward", pointwise_residual.pointwise_residual_forward,
+         (array(n_out, n_pixels), array(n_in, n_pixels), array(n_out, n_in), array(n_out), array(3, n_pixels))),
     ]
+    # in place: the output is a view of the input's own buffer, so each call gets one buffer and two views of it
+    for stride in (1, 2):
+        buffer = array(n_in * height * width)
+        small = conv_output_size(height, 3, stride, 1, 1) * conv_output_size(width, 3, stride, 1, 1)
+        calls.append((f"depthwise_forward_inplace-{stride}", depthwise_inplace.depthwise_forward_inplace,
+                      (buffer[:n_in * small].reshape(n_in, -1, conv_output_size(width, 3, stride, 1, 1)),
+                       buffer.reshape(n_in, height, width), array(height, width), array(n_in, 3, 3), array(n_in),
+                       stride, 1, 1)))
+        buffer = array(n_in * height * width)
+        calls.append((f"depthwise_backward_input_inplace-{stride}",
+                      depthwise_inplace.depthwise_backward_input_inplace,
+                      (buffer.reshape(n_in, height, width),
+                       buffer[:n_in * small].reshape(n_in, -1, conv_output_size(width, 3, stride, 1, 1)),
+                       array(conv_output_size(height, 3, stride, 1, 1), conv_output_size(width, 3, stride, 1, 1)),
+                       array(n_in, 3, 3), stride, 1, 1)))
     for accumulate in (False, True):
         calls += [
             (f"conv2d_backward_input-{accumulate}", conv2d.conv2d_backward_input,

@@ -1,0 +1,49 @@
+"""Kernels that write over their own input give exactly what their out-of-place twins give."""
+
+import numpy as np
+import pytest
+from kernel_references import conv_output_size, random_array
+
+from tinytrain.kernels.depthwise import depthwise_backward_input, depthwise_forward
+from tinytrain.kernels.depthwise_inplace import depthwise_backward_input_inplace, depthwise_forward_inplace
+from tinytrain.kernels.pointwise import pointwise_forward
+from tinytrain.kernels.pointwise_residual import pointwise_residual_forward
+
+SHAPES = [(1, 5, 9, 8, 1, 1), (2, 5, 9, 8, 1, 0), (2, 4, 8, 8, 0, 0), (1, 3, 7, 5, 1, 1), (2, 6, 7, 7, 1, 1)]
+
+
+@pytest.mark.parametrize("stride, channels, height, width, pad_top, pad_left", SHAPES)
+def test_depthwise_in_place_equals_out_of_place(stride, channels, height, width, pad_top, pad_left):
+    rng = np.random.default_rng(stride * 100 + height)
+    weight, bias = random_array(rng, channels, 3, 3), random_array(rng, channels)
+    out_h = conv_output_size(height, 3, stride, pad_top, 1)
+    out_w = conv_output_size(width, 3, stride, pad_left, 1)
+    x = random_array(rng, channels, height, width)
+    expected = np.empty((channels, out_h, out_w), np.float32)
+    depthwise_forward(expected, x, weight, bias, stride, pad_top, pad_left)
+    buffer = x.reshape(-1).copy()  # (C*H*W,) one arena block: the output is its first C*Ho*Wo floats
+    out = buffer[:channels * out_h * out_w].reshape(channels, out_h, out_w)
+    depthwise_forward_inplace(out, buffer.reshape(x.shape), np.empty((height, width), np.float32), weight, bias,
+                              stride, pad_top, pad_left)
+    np.testing.assert_array_equal(out, expected)
+
+    dout = random_array(rng, channels, out_h, out_w)
+    expected_dx = np.empty_like(x)
+    depthwise_backward_input(expected_dx, dout, weight, stride, pad_top, pad_left, False)
+    buffer = np.empty(x.size, np.float32)
+    buffer[:dout.size] = dout.reshape(-1)  # dout sits at the start of the block dx will fill
+    depthwise_backward_input_inplace(buffer.reshape(x.shape), buffer[:dout.size].reshape(dout.shape),
+                                     np.empty((out_h, out_w), np.float32), weight, stride, pad_top, pad_left)
+    np.testing.assert_array_equal(buffer.reshape(x.shape), expected_dx)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16])  # scratch rows: fewer than, not dividing, more than the 7 outputs
+def test_pointwise_added_into_the_residual_equals_pointwise_then_add(rows):
+    rng = np.random.default_rng(rows)
+    x, weight, bias = random_array(rng, 5, 12), random_array(rng, 7, 5), random_array(rng, 7)
+    residual = random_array(rng, 7, 12)
+    product = np.empty((7, 12), np.float32)
+    pointwise_forward(product, x, weight, bias)
+    expected = residual + product
+    pointwise_residual_forward(residual, x, weight, bias, np.empty((rows, 12), np.float32))
+    np.testing.assert_allclose(residual, expected, rtol=1e-6, atol=1e-6)
