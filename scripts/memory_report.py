@@ -7,13 +7,10 @@ import json
 import sys
 from dataclasses import replace
 
-from tqdm import tqdm
-
-from tinytrain.arena import DEFAULT_CAPACITY, KINDS, ArenaOverflow
-from tinytrain.memory import MEASURING_ARENA_BYTES, measure_inference, measure_training_step
+from tinytrain.arena import DEFAULT_CAPACITY, KINDS
+from tinytrain.memory_table import SCHEDULES, largest_fitting_resolution, memory_rows
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
-from tinytrain.plan import UpdatePlan
-from tinytrain.sparse import POLICIES, Coverage, conv_weight_fraction
+from tinytrain.sparse import POLICIES
 from tinytrain.train import TrainConfig, block_or_none, training_policy
 from tinytrain.weights import load_pretrained
 
@@ -49,75 +46,49 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="seed of the channel draws and the head")
     parser.add_argument("--data-dir", help="folder with the pretrained weights (default: $TINYTRAIN_DATA, then the "
                                            "user cache)")
+    parser.add_argument("--schedule", choices=SCHEDULES, nargs="+", default=["lean"],
+                        help="memory schedules to measure: 'lean', the fastest schedule whose step fits the arena "
+                             "(patches over the frozen front, depthwise in place; what fine-tuning runs), and/or "
+                             "'layer by layer' (default: lean)")
+    parser.add_argument("--largest-fitting", type=int, metavar="STEP",
+                        help="also search upward from the largest --resolution in steps of STEP pixels for the "
+                             "largest resolution whose whole step (first --policy) fits the arena under some memory "
+                             "schedule")
     parser.add_argument("--json", action="store_true",
                         help="print JSON: one object, or a list of objects for several policies/resolutions")
     return parser.parse_args(argv)
 
 
-def measure(graph, plan, budget: int):
-    """Dry-run in the budget; if it overflows, measure in a large arena and say it does not fit."""
-    try:
-        return measure_training_step(graph, plan, budget), True
-    except ArenaOverflow:
-        return measure_training_step(graph, plan, MEASURING_ARENA_BYTES), False
-
-
-def writable_bytes(graph, plan) -> int:
-    """Parameters a run writes: every weight of a trained layer (a policy keeps its layers and redraws only their
-    channels, so over a run any channel may be written), and the trained biases."""
-    return sum(graph.layer(name).weight.nbytes * update.trains_weight + graph.layer(name).bias.nbytes * update.bias
-               for name, update in plan.updates.items())
-
-
-def report(resolution: int, policy_name: str, args, weights) -> dict:
+def policy_at(resolution: int, policy_name: str, args, weights):
     graph = build_mobilenetv2(num_classes=10, resolution=resolution, weights=weights, seed=args.seed)
-    policy = training_policy(replace(TrainConfig(), policy=policy_name, ratio=args.ratio, last_k=args.last_k,
-                                     seed=args.seed, bias_from_block=args.bias_from_block), graph)
-    plan = policy.plan(0, 0)
-    step, fits = measure(graph, plan, args.arena_bytes)
-    dense, _ = measure(graph, UpdatePlan.dense(graph), args.arena_bytes)
-    coverage = Coverage(graph)
-    previous = None
-    for index in tqdm(range(args.steps), desc=f"coverage {policy_name} {resolution}px", leave=False):
-        step_plan = policy.plan(index, index // args.steps_per_epoch)
-        if step_plan is not previous:  # fixed policies hand out one plan object: record it once
-            coverage.record(step_plan)
-            previous = step_plan
-    return {
-        "resolution": resolution,
-        "policy": policy_name,
-        "arena_bytes": args.arena_bytes,
-        "fits": fits,
-        "whole_step_peak_bytes": step.whole_step_peak_bytes,
-        "high_water_bytes": step.high_water_bytes,
-        "feature_bytes": step.feature_bytes,
-        "dense_feature_bytes": dense.feature_bytes,
-        "feature_reduction": 1.0 - step.feature_bytes / dense.feature_bytes,
-        "peak_bytes_by_kind": step.peak_bytes_by_kind,
-        "inference_peak_bytes": measure_inference(graph, MEASURING_ARENA_BYTES).whole_step_peak_bytes,
-        "conv_weight_fraction_per_step": conv_weight_fraction(graph, plan),
-        "coverage": coverage.fraction,
-        "coverage_steps": args.steps,
-        "parameter_bytes": graph.parameter_bytes(),
-        "writable_parameter_bytes": writable_bytes(graph, plan),
-    }
+    return graph, training_policy(replace(TrainConfig(), policy=policy_name, ratio=args.ratio, last_k=args.last_k,
+                                          seed=args.seed, bias_from_block=args.bias_from_block), graph)
+
+
+def first_plan_at(resolution: int, args, weights):
+    graph, policy = policy_at(resolution, args.policy[0], args, weights)
+    return graph, policy.plan(0, 0)
 
 
 def print_table(rows: list[dict]) -> None:
     print("MobileNetV2-1.0 (ImageNet), 10-class head, batch 1, float32. Bytes counted by the arena.")
     print()
-    print("| resolution | policy | whole-step peak (B) | fits budget | feature memory (B) | dense features (B) | "
-          "reduction | conv weights per step | coverage | inference peak (B) |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("| resolution | policy | schedule | whole-step peak (B) | high water (B) | fits budget | feature memory (B) "
+          "| dense features (B) | reduction | conv weights per step | coverage | inference peak (B) |")
+    print("|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['resolution']} | {row['policy']} | {row['whole_step_peak_bytes']:,} | "
-              f"{'yes' if row['fits'] else 'no'} ({row['arena_bytes']:,}) | {row['feature_bytes']:,} | "
+        print(f"| {row['resolution']} | {row['policy']} | {row['schedule']} | {row['whole_step_peak_bytes']:,} | "
+              f"{row['high_water_bytes']:,} | {'yes' if row['fits'] else 'no'} ({row['arena_bytes']:,}) | "
+              f"{row['feature_bytes']:,} | "
               f"{row['dense_feature_bytes']:,} | {row['feature_reduction']:.2%} | "
               f"{row['conv_weight_fraction_per_step']:.2%} | {row['coverage']:.1%} | "
               f"{row['inference_peak_bytes']:,} |")
     print()
+    print("Lean schedules: " + "; ".join(f"{row['resolution']}px {row['policy']}: {row['memory_schedule']}"
+                                         for row in rows if row["schedule"] == "lean"))
+    print()
     print("Peak per kind (B): " + "; ".join(
-        f"{row['resolution']}px {row['policy']}: " + ", ".join(
+        f"{row['resolution']}px {row['policy']} {row['schedule']}: " + ", ".join(
             f"{kind} {row['peak_bytes_by_kind'][kind]:,}" for kind in KINDS if row['peak_bytes_by_kind'][kind])
         for row in rows))
 
@@ -125,12 +96,27 @@ def print_table(rows: list[dict]) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     weights = load_pretrained(data_dir=args.data_dir)
-    rows = [report(resolution, policy, args, weights) for resolution in args.resolution for policy in args.policy]
+    rows = [row.as_dict() for resolution in args.resolution for policy in args.policy
+            for row in memory_rows(*policy_at(resolution, policy, args, weights), args.arena_bytes, args.steps,
+                                   args.steps_per_epoch, args.schedule)]
+    if args.largest_fitting:
+        found = largest_fitting_resolution(lambda size: first_plan_at(size, args, weights), args.arena_bytes,
+                                           max(args.resolution), args.largest_fitting)
+        largest = None if found is None else {"resolution": found[0], "policy": args.policy[0],
+                                              "memory_schedule": found[1]}
+        rows.append({"largest_fitting": largest, "arena_bytes": args.arena_bytes,
+                     "resolution_step": args.largest_fitting})
     if args.json:
         json.dump(rows[0] if len(rows) == 1 else rows, sys.stdout, indent=2)
         print()
     else:
-        print_table(rows)
+        print_table([row for row in rows if "largest_fitting" not in row])
+        if args.largest_fitting:
+            largest = rows[-1]["largest_fitting"]
+            print()
+            print(f"Largest resolution whose whole {args.policy[0]} step fits {args.arena_bytes:,} B (searched upward "
+                  f"from {max(args.resolution)} px in steps of {args.largest_fitting}): "
+                  + ("none" if largest is None else f"{largest['resolution']} px ({largest['memory_schedule']})"))
     return 0
 
 

@@ -27,6 +27,11 @@ SECONDS_PER_KERNEL_CALL = 25e-6
 class BudgetTooSmall(ArenaOverflow):
     """Even the leanest schedule overflows the arena; the message names the tensor and the budget that would do."""
 
+    def __init__(self, message: str, leanest: MemorySchedule, leanest_memory: StepMemory):
+        super().__init__(message)
+        self.leanest = leanest  # the candidate needing the smallest arena
+        self.leanest_memory = leanest_memory  # what it measured in a large arena
+
 
 @dataclass(frozen=True)
 class FittedSchedule:
@@ -106,7 +111,7 @@ def fit_schedule(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SG
             memory = measure_training_step(graph, plan, arena_bytes, sgd, micro_batch, schedule)
             return FittedSchedule(schedule, memory, cost)
     family, leanest = min(needs.items(), key=lambda item: item[1].high_water_bytes)
-    raise BudgetTooSmall(_too_small_message(graph, finest[family], leanest, arena_bytes))
+    raise BudgetTooSmall(_too_small_message(graph, finest[family], leanest, arena_bytes), finest[family], leanest)
 
 
 def _too_small_message(graph: Graph, schedule: MemorySchedule, memory: StepMemory, arena_bytes: int) -> str:
