@@ -9,7 +9,7 @@ import numpy as np
 from tinytrain.arena import KINDS, TraceEvent
 from tinytrain.graph import Graph
 from tinytrain.memory import MEASURING_ARENA_BYTES, StepMemory, dry_run_training_step
-from tinytrain.plan import UpdatePlan, schedule_step
+from tinytrain.plan import LAYER_BY_LAYER, MemorySchedule, UpdatePlan, schedule_step
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,9 @@ def timeline_from_trace(trace: list[TraceEvent], op_names: list[str], arena_byte
 
 
 def measure_timeline(graph: Graph, plan: UpdatePlan, arena_bytes: int = MEASURING_ARENA_BYTES,
-                     ) -> tuple[Timeline, StepMemory]:
-    """A dry run of one step, returning its timeline and what the arena measured."""
-    arena = dry_run_training_step(graph, plan, arena_bytes)
+                     memory_schedule: MemorySchedule = LAYER_BY_LAYER) -> tuple[Timeline, StepMemory]:
+    """A dry run of one step, returning its timeline and what the arena measured. A patch stage runs as one op,
+    its last layer's: the ops of its other layers hold nothing of their own."""
+    arena = dry_run_training_step(graph, plan, arena_bytes, memory_schedule=memory_schedule)
     op_names = schedule_step(graph, plan).op_names(graph)
     return timeline_from_trace(arena.trace, op_names, arena.capacity), StepMemory.from_arena(arena)
