@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tinytrain.arena import ArenaOverflow
+from tinytrain.budget import fit_schedule
 from tinytrain.memory_plan import C_PREFIX_PATTERN, SCHEMA_VERSION, build_memory_plan
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.sparse import POLICIES
@@ -28,7 +29,9 @@ def parse_args(argv):
                     "last op; every op with its type, input and output tensors, MACs and trained channels; the arena "
                     f"size and the measured peak. JSON follows the schema in tinytrain/memory_plan.py (version "
                     f"{SCHEMA_VERSION}); the C header is C99 with <stdint.h> only. Policy defaults are those of "
-                    "TrainConfig, so the plan is the one a default training run uses.")
+                    "TrainConfig, and the step runs in the fastest memory schedule that fits --arena-bytes (the frozen "
+                    "front in patches, depthwise convs in place, offsets planned from the lifetimes), as fine-tuning "
+                    "picks it, so the plan is the one a default training run uses.")
     parser.add_argument("--resolution", type=int, default=defaults.resolution,
                         help=f"input side in pixels (default {defaults.resolution}, as TrainConfig)")
     parser.add_argument("--policy", choices=POLICIES, default=defaults.policy,
@@ -87,11 +90,15 @@ def main(argv=None) -> int:
         update_plan = policy.plan(args.step, args.step // args.steps_per_epoch)
         provenance = {"model": "mobilenetv2-1.0", "num_classes": NUM_CLASSES, "resolution": args.resolution,
                       "policy": args.policy, "step": args.step, "seed": args.seed, "weights": args.weights}
-        plan = build_memory_plan(graph, update_plan, args.arena_bytes, provenance=provenance)
+        schedule = fit_schedule(graph, update_plan, args.arena_bytes).schedule
+        provenance["memory_schedule"] = schedule.describe(graph)
+        plan = build_memory_plan(graph, update_plan, args.arena_bytes, provenance=provenance,
+                                 memory_schedule=schedule)
     except (ArenaOverflow, WeightsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"{args.resolution} px, policy {args.policy}, step {args.step}, {args.weights} weights: "
+    print(f"{args.resolution} px, policy {args.policy}, step {args.step}, {args.weights} weights, "
+          f"{provenance['memory_schedule']}: "
           f"{len(plan.tensors)} tensors, {len(plan.ops)} ops, peak {plan.peak_bytes:,} B "
           f"({plan.peak_bytes / 1024:.1f} KiB), high water {plan.high_water_bytes:,} B, arena {plan.arena_bytes:,} B")
     try:

@@ -14,6 +14,8 @@ from tinytrain.arena import Arena
 from tinytrain.engine import SGD, Engine
 from tinytrain.memory_plan import NOT_FREED, OP_TYPES, MemoryPlan, OpRecord, TensorRecord, memory_plan_from_arena
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
+from tinytrain.oplog import OpLog
+from tinytrain.plan import LAYER_BY_LAYER, MemorySchedule, PatchSpec
 from tinytrain.sparse import make_policy
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -22,18 +24,24 @@ GCC = shutil.which("gcc")
 needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc is not installed; the C header cannot be compiled")
 
 
-@pytest.fixture(scope="module", params=["dynamic", "dense"])
+@pytest.fixture(scope="module", params=["dynamic", "dense", "dynamic lean"])
 def step(request):
     """One step of a random-init model at 32 px, exported from its arena. Momentum leaves optimizer state live after
-    the step, and weight-gradient tiles of 4 KiB make the same tensor name be allocated many times."""
+    the step, and weight-gradient tiles of 4 KiB make the same tensor name be allocated many times. "lean" runs the
+    frozen front in patches and depthwise convs in place."""
     graph = build_mobilenetv2(resolution=32)
-    update_plan = make_policy(request.param, graph, seed=0).plan(3, 0)
-    arena = Arena(ARENA_BYTES)
+    policy = request.param.split()[0]
+    update_plan = make_policy(policy, graph, seed=0).plan(3, 0)
+    schedule = LAYER_BY_LAYER
+    if request.param.endswith("lean"):
+        ends = [index + 1 for index, layer in enumerate(graph.layers) if layer.name == "features.3.add"]
+        schedule = MemorySchedule((PatchSpec(ends[0], (2, 3)),), True)
+    engine = Engine(graph, Arena(ARENA_BYTES), wgrad_tile_bytes=4096, memory_schedule=schedule)
+    engine.op_log = OpLog(engine.arena)
     image = np.zeros((32, 32, 3), dtype=np.uint8)
-    Engine(graph, arena, wgrad_tile_bytes=4096).train_step(image, 0, update_plan, SGD(lr=0.0, momentum=0.9),
-                                                           apply_update=False)
-    plan = memory_plan_from_arena(graph, update_plan, arena, provenance={"policy": request.param})
-    return graph, update_plan, arena, plan
+    engine.train_step(image, 0, update_plan, SGD(lr=0.0, momentum=0.9), apply_update=False)
+    plan = memory_plan_from_arena(engine.arena, engine.op_log.events, provenance={"policy": request.param})
+    return graph, update_plan, engine.arena, plan
 
 
 def test_offsets_are_those_the_arena_traced(step):
@@ -92,19 +100,24 @@ def test_ops_read_and_write_live_tensors_and_count_macs(step):
     graph, update_plan, _, plan = step
     tensors = {tensor.name: tensor for tensor in plan.tensors}
     indices = [op.index for op in plan.ops]
-    assert indices == sorted(indices) and indices[len(graph.layers)] == len(graph.layers)  # the loss
+    assert indices == sorted(indices)
+    assert [op.index for op in plan.ops if op.type == "loss"] == [len(graph.layers)]
     for op in plan.ops:
         assert op.type in OP_TYPES
         for name in op.inputs + op.outputs:
             assert tensors[name].first_op <= op.index <= tensors[name].last_op, (op.name, name)
-    by_index = {op.index: op for op in plan.ops}
-    for tensor in plan.tensors:  # every tensor belongs to the op that allocates it
-        first = by_index[tensor.first_op]
-        assert tensor.name in first.inputs + first.outputs, (tensor.name, first.name)
-    assert sum(op.macs for op in plan.ops[:len(graph.layers)]) == graph.macs()
+    for tensor in plan.tensors:  # every tensor is written by an op of the index that allocates it
+        assert any(tensor.name in op.outputs for op in plan.ops if op.index == tensor.first_op), tensor.name
+    forward = [op for op in plan.ops if op.index < len(graph.layers)]
+    whole = {op.layer for op in forward if " tile " not in op.name}
+    tiled = sum(op.macs for op in forward if " tile " in op.name)
+    # tiles recompute their halos, so the patched layers cost at least what they cost whole
+    assert tiled + sum(op.macs for op in forward if op.layer in whole) >= graph.macs()
+    assert sum(op.macs for op in forward if op.layer in whole) == sum(
+        layer.macs([graph.shapes[name] for name in layer.inputs]) for layer in graph.layers if layer.name in whole)
     trained = {op.layer for op in plan.ops if op.name.startswith("bwd") and op.trains_weight}
     assert trained == {name for name, update in update_plan.updates.items() if update.trains_weight}
-    classifier = by_index[len(graph.layers) + 1]
+    classifier = next(op for op in plan.ops if op.name == "bwd classifier")
     assert classifier.type == "linear_backward" and classifier.out_channels == tuple(range(10))
 
 
@@ -112,10 +125,11 @@ def test_a_trace_of_two_steps_is_refused():
     graph = build_mobilenetv2(resolution=32)
     update_plan = make_policy("dynamic", graph, seed=0).plan(0, 0)
     engine = Engine(graph, Arena(ARENA_BYTES))
+    engine.op_log = OpLog(engine.arena)
     for _ in range(2):
         engine.train_step(np.zeros((32, 32, 3), dtype=np.uint8), 0, update_plan, SGD(lr=0.0), apply_update=False)
     with pytest.raises(ValueError, match="more than one step"):
-        memory_plan_from_arena(graph, update_plan, engine.arena)
+        memory_plan_from_arena(engine.arena, engine.op_log.events)
 
 
 def test_json_round_trips_and_refuses_other_versions(step, tmp_path):

@@ -81,6 +81,7 @@ class Arena:
         self._live: dict[int, Allocation] = {}
         self._placement: dict[tuple[str, int], tuple[int, int]] | None = None  # (name, n) -> (offset, reserved)
         self._occurrences: dict[str, int] = {}  # allocations of each name since the placement was set
+        self._trace_positions: dict[int, int] = {}  # offset -> trace position of the live allocation's alloc
         self.op_index = 0
         self.tracing = tracing
         self.trace: list[TraceEvent] = []
@@ -114,6 +115,8 @@ class Arena:
         self.live_bytes += allocation.nbytes
         self.live_bytes_by_kind[allocation.kind] += allocation.nbytes
         self.high_water_bytes = max(self.high_water_bytes, allocation.offset + allocation.reserved - self._base_shift)
+        if self.tracing:
+            self._trace_positions[allocation.offset] = len(self.trace)
         self._record("alloc", allocation, reuses)
         self._update_peaks()
         offset = allocation.offset
@@ -185,6 +188,13 @@ class Arena:
     def offset_of(self, view: np.ndarray) -> int:
         return view.__array_interface__["data"][0] - self._base_address
 
+    def trace_position_of(self, view: np.ndarray) -> int:
+        """Where in the trace the live allocation starting at `view` was made."""
+        offset = self.offset_of(view)
+        if offset not in self._live:
+            raise ValueError("trace_position_of() got an array that is not the start of a live arena allocation")
+        return self._trace_positions[offset]
+
     def is_live(self, view: np.ndarray) -> bool:
         return self.offset_of(view) in self._live
 
@@ -206,6 +216,7 @@ class Arena:
         self.peak_op_index = self.op_index
         self.high_water_bytes = max((a.offset + a.reserved - self._base_shift for a in self._live.values()), default=0)
         self.trace = []
+        self._trace_positions = {}  # what was live before has no position in the new trace
 
     @property
     def usable_bytes(self) -> int:

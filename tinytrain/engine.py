@@ -17,9 +17,11 @@ from tinytrain.kernels.loss import softmax_cross_entropy_backward, softmax_cross
 from tinytrain.kernels.residual import add_forward
 from tinytrain.kernels.sgd import sgd_update
 from tinytrain.layers import Add, Depthwise, Pointwise, flat_channels
+from tinytrain.oplog import OpLog
 from tinytrain.patches import plan_patch_stage, run_patch_stage
 from tinytrain.placement import Placement, plan_placement
-from tinytrain.plan import GATHER, LAYER_BY_LAYER, RETAIN, MemorySchedule, StepSchedule, UpdatePlan, schedule_step
+from tinytrain.plan import (GATHER, LAYER_BY_LAYER, RETAIN, MemorySchedule, StepSchedule, UpdatePlan, backward_macs,
+                            schedule_step)
 
 _NO_MASK = np.zeros(0, dtype=np.uint8)
 _NO_MOMENTUM = np.zeros((0, 0, 0), dtype=np.float32)
@@ -95,6 +97,8 @@ class Engine:
         self.wgrad_tile_bytes = wgrad_tile_bytes
         self.memory_schedule = memory_schedule
         self.plan_offsets = plan_offsets
+        self.op_log: OpLog | None = None  # set to OpLog(arena) to record what each op reads and writes
+        self._written: list[int] = []  # tensors there before the current op that it writes into (its op log)
         self._placements: dict[tuple, Placement] = {}  # step shape and what was live before it -> its offsets
         # planned once: the tiles never change from one step to the next
         self.patch_stages = []
@@ -158,8 +162,10 @@ class Engine:
         arena.op_index = 0
         if not self.patch_stages:
             input_kind = "saved" if graph.input_name in schedule.retained_by else "input"
+            start = self._op_start()
             x = arena.alloc(graph.input_name, graph.input_shape, np.float32, input_kind)
             self._load_input(x, image)
+            self._record(start, "load input", "load", "", ())
             tensors = {graph.input_name: x}
             first = 0
         else:
@@ -175,6 +181,7 @@ class Engine:
                 saved[index] = (None, None)
                 continue
             inputs = [tensors[name] for name in layer.inputs]
+            start, reads = self._op_start(), self._ids(*inputs)
             kind = "saved" if layer.output in schedule.retained_by else "activation"
             saved_input = None
             if step.saved_input == RETAIN:
@@ -192,9 +199,12 @@ class Engine:
                 rows = max(1, min(layer.out_channels, RESIDUAL_SCRATCH_BYTES // (4 * inputs[0][0].size)))
                 scratch = arena.alloc(f"{layer.name}.scratch", (rows, inputs[0][0].size), np.float32, "scratch")
                 out_kind = "saved" if add.output in schedule.retained_by else "activation"
+                residual_ids = self._ids(tensors[residual])  # before its bytes change hands
                 out = arena.reuse(tensors.pop(residual), add.output, graph.shapes[add.output], np.float32, out_kind)
                 layer.forward_into_residual(out, inputs[0], scratch)
                 arena.free(scratch)
+                self._record(start, f"fwd {layer.name} + {add.name}", "pointwise_add", layer.name,
+                             reads + residual_ids, self._macs(layer), step.update)
                 fused.add(residual_add)
                 saved[index] = (saved_input, None)
                 tensors[add.output] = out
@@ -216,6 +226,7 @@ class Engine:
                 if step.save_mask:
                     mask = arena.alloc(f"{layer.name}.relu6_mask", (math.ceil(out.size / 8),), np.uint8, "saved")
                 layer.apply_relu6(out, _NO_MASK if mask is None else mask, step.save_mask)
+            self._record(start, f"fwd {layer.name}", layer.op_type, layer.name, reads, self._macs(layer), step.update)
             saved[index] = (saved_input, mask)
             tensors[layer.output] = out
             if layer.output in read:
@@ -266,11 +277,13 @@ class Engine:
                                  f"schedule runs it in patches; patch only frozen layers before the first trained one")
         channels, height, width = graph.input_shape
         self._check_input(image)
+        start = self._op_start()
         if image.dtype == np.uint8:
             source = arena.alloc(f"{graph.input_name}.frame", (height, width, channels), np.uint8, "input")
         else:
             source = arena.alloc(graph.input_name, graph.input_shape, np.float32, "input")
         np.copyto(source, image)
+        self._record(start, "load input", "load", "", ())
 
         def load_frame(tile, region):
             window = source[region.top:region.bottom, region.left:region.right]
@@ -282,9 +295,9 @@ class Engine:
         load = load_frame if source.dtype == np.uint8 else load_window
         for stage in self.patch_stages:
             kind = "saved" if stage.output in schedule.retained_by else "activation"
-            out = arena.alloc(stage.output, graph.shapes[stage.output], np.float32, kind)
             arena.op_index = stage.end_layer - 1
-            run_patch_stage(stage, graph, arena, load, out)
+            out = arena.alloc(stage.output, graph.shapes[stage.output], np.float32, kind)
+            run_patch_stage(stage, graph, arena, source, load, out, self.op_log)
             arena.free(source)
             source, load = out, load_window
         return source
@@ -313,6 +326,7 @@ class Engine:
     def _loss(self, logits: np.ndarray, label: int):
         arena = self.arena
         arena.op_index = len(self.graph.layers)
+        start, reads = self._op_start(), self._ids(logits)
         probs = arena.alloc("loss.probs", logits.shape, np.float32, "saved")
         loss = softmax_cross_entropy_forward(probs, logits, label)
         prediction = int(np.argmax(logits))
@@ -322,7 +336,28 @@ class Engine:
         dlogits = arena.alloc(f"d{self.graph.output_name}", probs.shape, np.float32, "grad")
         softmax_cross_entropy_backward(dlogits, probs, label)
         arena.free(probs)
+        self._record(start, "loss", "loss", "", reads)
         return float(loss), prediction, dlogits
+
+    # ----------------------------------------------------------------------------------------------------
+    # the op log (memory plan export)
+
+    def _op_start(self) -> int:
+        return self.op_log.start() if self.op_log is not None else 0
+
+    def _ids(self, *views) -> tuple[int, ...]:
+        return self.op_log.ids(*views) if self.op_log is not None else ()
+
+    def _record(self, start: int, name: str, op_type: str, layer: str, reads: tuple[int, ...], macs: int = 0,
+                update=None) -> None:
+        """Log the op that began at `start`: what it read, what it allocated, and the existing tensors it wrote."""
+        if self.op_log is not None:
+            selects = layer != "" and getattr(self.graph.layer(layer), "selects_input_by_output", False)
+            self.op_log.record(start, name, op_type, layer, reads, macs, update, selects, tuple(self._written))
+        self._written.clear()
+
+    def _macs(self, layer) -> int:
+        return layer.macs([self.graph.shapes[name] for name in layer.inputs])
 
     # ----------------------------------------------------------------------------------------------------
     # backward
@@ -339,14 +374,21 @@ class Engine:
             if not step.runs_backward:
                 continue
             arena.op_index = 2 * count - index
+            start = self._op_start()
             if isinstance(layer, Add):
                 dout = grads.take(layer.output)
+                reads = self._ids(dout)
                 for name, needs_grad in zip(layer.inputs, step.input_needs_grad):
                     if needs_grad:
                         grads.route(name, dout)
+                        self._written.extend(self._ids(grads.by_tensor[name]))
                 grads.release(dout)
+                self._record(start, f"bwd {layer.name}", "add_backward", layer.name, reads)
                 continue
             dout = grads.take_exclusive(layer.output) if layer.relu6 else grads.take(layer.output)
+            reads = self._ids(*(view for view in (dout, mask, saved_input) if view is not None))
+            macs = backward_macs(layer, [graph.shapes[name] for name in layer.inputs], step)
+            op_type = f"{layer.op_type}_backward"
             if mask is not None:
                 layer.relu6_backward(dout, mask)
                 arena.free(mask)
@@ -361,9 +403,12 @@ class Engine:
                 grads.hand_over(layer.inputs[0], dx)
                 if step.saved_input == GATHER:
                     arena.free(saved_input)
+                self._record(start, f"bwd {layer.name}", op_type, layer.name, reads, macs, step.update)
                 continue
             if step.input_needs_grad[0]:
                 dx, accumulate = grads.for_write(layer.inputs[0], graph.shapes[layer.inputs[0]])
+                if accumulate:
+                    self._written.extend(self._ids(dx))
                 layer.backward_input(dx, dout, accumulate)
             if step.update is not None:
                 self._update(layer, step, dout, saved_input, update)
@@ -375,6 +420,7 @@ class Engine:
                 if retained_holders[name] == 0:
                     arena.free(saved_input)
             grads.release(dout)
+            self._record(start, f"bwd {layer.name}", op_type, layer.name, reads, macs, step.update)
 
     def _backward_in_place(self, layer, step, grads: _Gradients) -> bool:
         """A stride-1 depthwise conv whose weight does not train can write dx over dout: the weight update would
@@ -417,6 +463,7 @@ class Engine:
         micro_batch = update.micro_batch
         if micro_batch.size > 1:
             total = self._summed_gradient(parameter, dweight.shape)
+            self._written.extend(self._ids(total))
             np.add(total, dweight, out=total)
             if not micro_batch.is_last:
                 return
@@ -424,6 +471,8 @@ class Engine:
             dweight = total
         sgd = update.sgd
         momentum = self._momentum_buffer(parameter, weight.shape) if sgd.momentum else _NO_MOMENTUM
+        if sgd.momentum:
+            self._written.extend(self._ids(momentum))
         if update.apply:
             sgd_update(weight, dweight, momentum, rows, cols, sgd.lr, sgd.momentum, sgd.weight_decay)
         if micro_batch.size > 1:

@@ -42,6 +42,7 @@ class Layer:
 
     has_weight = False
     relu6 = False
+    op_type = ""  # the name an exported memory plan gives its ops
 
     def __init__(self, name: str, inputs: tuple[str, ...], output: str):
         self.name = name
@@ -99,6 +100,8 @@ class WeightedLayer(Layer):
 class Conv2d(WeightedLayer):
     """Dense k x k convolution (the stem). weight (K, C, kh, kw); padding (top, left, bottom, right)."""
 
+    op_type = "conv2d"
+
     def __init__(self, name, inputs, output, weight, bias, stride: int, padding: tuple[int, int, int, int], relu6):
         super().__init__(name, inputs, output, weight, bias, relu6)
         self.stride = stride
@@ -131,6 +134,8 @@ class Conv2d(WeightedLayer):
 
 class Depthwise(Conv2d):
     """Depthwise k x k convolution. weight (C, kh, kw); channel c reads only input channel c."""
+
+    op_type = "depthwise"
 
     selects_input_by_output = True
 
@@ -169,6 +174,8 @@ class Depthwise(Conv2d):
 class Pointwise(WeightedLayer):
     """1 x 1 convolution, a matrix product over flattened pixels. weight (K, C)."""
 
+    op_type = "pointwise"
+
     def output_shape(self, input_shapes):
         _, height, width = input_shapes[0]
         return (self.out_channels, height, width)
@@ -194,6 +201,8 @@ class Pointwise(WeightedLayer):
 class Linear(WeightedLayer):
     """Fully connected classifier. weight (K, C), input (C,)."""
 
+    op_type = "linear"
+
     is_convolution = False
 
     def output_shape(self, input_shapes):
@@ -215,6 +224,8 @@ class Linear(WeightedLayer):
 class Add(Layer):
     """Residual add of two same-shaped tensors; its backward hands the output gradient to both inputs."""
 
+    op_type = "add"
+
     def output_shape(self, input_shapes):
         if input_shapes[0] != input_shapes[1]:
             raise ValueError(f"{self.name}: residual add of different shapes {input_shapes[0]} and {input_shapes[1]}")
@@ -226,6 +237,8 @@ class Add(Layer):
 
 class GlobalAvgPool(Layer):
     """Mean over all pixels of each channel: (C, H, W) -> (C,)."""
+
+    op_type = "pool"
 
     def output_shape(self, input_shapes):
         return (input_shapes[0][0],)

@@ -9,6 +9,7 @@ import numpy as np
 from tinytrain.arena import Allocation, Arena
 from tinytrain.engine import SGD, Engine, MicroBatch
 from tinytrain.graph import Graph
+from tinytrain.oplog import OpEvent, OpLog
 from tinytrain.plan import LAYER_BY_LAYER, MemorySchedule, UpdatePlan
 
 
@@ -53,13 +54,25 @@ def dry_run_training_step(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd:
 
     With `micro_batch` > 1 it runs the first and the last sample of a micro-batch, so the peak includes the
     gradient sums held from one sample to the next (the trace then holds both)."""
-    arena = Arena(arena_bytes)
-    engine = Engine(graph, arena, wgrad_tile_bytes, memory_schedule)
-    samples = {0, micro_batch - 1}
-    for index in sorted(samples):
-        engine.train_step(_blank_image(graph), 0, plan, sgd, apply_update=False,
+    engine = Engine(graph, Arena(arena_bytes), wgrad_tile_bytes, memory_schedule)
+    _dry_run(engine, plan, sgd, micro_batch)
+    return engine.arena
+
+
+def dry_run_with_op_log(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SGD(lr=0.0),
+                        wgrad_tile_bytes: int | None = None,
+                        memory_schedule: MemorySchedule = LAYER_BY_LAYER) -> tuple[Arena, list[OpEvent]]:
+    """dry_run_training_step of one sample, also returning what each op read and wrote."""
+    engine = Engine(graph, Arena(arena_bytes), wgrad_tile_bytes, memory_schedule)
+    engine.op_log = OpLog(engine.arena)
+    _dry_run(engine, plan, sgd, 1)
+    return engine.arena, engine.op_log.events
+
+
+def _dry_run(engine: Engine, plan: UpdatePlan, sgd: SGD, micro_batch: int) -> None:
+    for index in sorted({0, micro_batch - 1}):
+        engine.train_step(_blank_image(engine.graph), 0, plan, sgd, apply_update=False,
                           micro_batch=MicroBatch(index, micro_batch))
-    return arena
 
 
 def measure_training_step(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SGD(lr=0.0),

@@ -1,11 +1,12 @@
 """The memory plan of one training step for MCU simulators: each tensor where the arena put it, each op; JSON or C.
 
-The plan is read off the arena trace of one real step, so each offset is the one the arena used, not a re-plan.
+The plan is read off the arena trace of one real step, so each offset is the one the arena used, not a re-plan, and
+its ops off the engine's op log of that step (oplog.py): each op's inputs and outputs are the blocks it touched.
 
-JSON schema ("tinytrain-memory-plan", schema_version 1): one object with
+JSON schema ("tinytrain-memory-plan", schema_version 2): one object with
 
     schema              "tinytrain-memory-plan"
-    schema_version      1; `MemoryPlan.from_json` refuses any other
+    schema_version      2; `MemoryPlan.from_json` refuses any other
     provenance          {str: str | int | float | bool}: how the plan was made (policy, resolution, step, seed, ...)
     arena_bytes         capacity of the arena the step ran in
     alignment           every offset is a multiple of it
@@ -27,15 +28,23 @@ JSON schema ("tinytrain-memory-plan", schema_version 1): one object with
         free_event      position of its free in the trace; -1 if it outlives the step (optimizer state)
     ops                 in execution order, each
         index           the engine's op index: forward of layer i at i, the loss at L, backward of layer i at 2L - i
-                        (L layers). Backward ops of layers that need no gradient do not run and are absent.
-        name            "fwd <layer>", "loss" or "bwd <layer>"
+                        (L layers). Backward ops of layers that need no gradient do not run and are absent. The ops
+                        of a patch stage (every layer of every tile) all carry the index of its last layer.
+        name            "load input", "fwd <layer>", "loss" or "bwd <layer>"; in a patch stage "fwd <layer> tile
+                        <k>", with "fwd <source> tile <k>" loading the tile's input and "fwd <output> tile <k>"
+                        copying its result into the stage's output; a projection added into its residual in place
+                        is "fwd <projection> + <add>"
         type            one of OP_TYPES
-        layer           the graph layer it runs; "" for the loss
+        layer           the graph layer it runs; "" for the loss, loads and copies
         inputs          names of the tensors it reads (a copy it makes of a shared gradient before writing it, too)
-        outputs         names of the tensors it writes: those it allocates, gradients it accumulates into, and the
-                        gradient a residual add's backward hands on to its inputs (the same buffer as its input)
-        macs            multiply-accumulates: forward as Graph.macs; backward the input gradient (as many as forward,
-                        when it is computed) plus the weight gradient of the trained channels only
+        outputs         names of the tensors it writes: those it allocates, tensors it writes into that were there
+                        before (accumulated gradients, optimizer state, a patch stage's output), and the gradient a
+                        residual add's backward hands on to its inputs (the same buffer as its input). An op that
+                        writes its output over its input (Arena.reuse: depthwise in place, a projection into its
+                        residual) reads the old tensor and writes the new one in the same bytes.
+        macs            multiply-accumulates: forward as Graph.macs (a tile: over its pixels, halo included);
+                        backward the input gradient (as many as forward, when it is computed) plus the weight
+                        gradient of the trained channels only
         trains_weight   the layer's weight is updated this step
         trains_bias     its bias is updated this step
         out_channels    [int, ...] trained weight rows
@@ -54,7 +63,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -64,17 +73,17 @@ from tinytrain.arena import KINDS, Arena, TraceEvent
 from tinytrain.atomic import atomic_path
 from tinytrain.engine import SGD
 from tinytrain.graph import Graph
-from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Layer, Linear, Pointwise
-from tinytrain.memory import MEASURING_ARENA_BYTES, dry_run_training_step
-from tinytrain.plan import GATHER, LayerSchedule, StepSchedule, UpdatePlan, schedule_step
+from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Linear, Pointwise
+from tinytrain.memory import MEASURING_ARENA_BYTES, dry_run_with_op_log
+from tinytrain.oplog import OpEvent
+from tinytrain.plan import LAYER_BY_LAYER, MemorySchedule, UpdatePlan
 
 SCHEMA = "tinytrain-memory-plan"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-_FORWARD_TYPES = {Conv2d: "conv2d", Depthwise: "depthwise", Pointwise: "pointwise", Add: "add", GlobalAvgPool: "pool",
-                  Linear: "linear"}
-OP_TYPES = (tuple(_FORWARD_TYPES.values()) + ("loss",)
-            + tuple(f"{op_type}_backward" for op_type in _FORWARD_TYPES.values()))
+_LAYER_TYPES = tuple(layer.op_type for layer in (Conv2d, Depthwise, Pointwise, Add, GlobalAvgPool, Linear))
+OP_TYPES = (("load", "copy", "pointwise_add") + _LAYER_TYPES + ("loss",)
+            + tuple(f"{op_type}_backward" for op_type in _LAYER_TYPES))
 NOT_FREED = -1  # free_event of a tensor that outlives the step
 C_PREFIX_PATTERN = r"[A-Z][A-Z0-9]*"  # of the header's identifiers: PREFIX_ARENA_BYTES, prefix_op
 
@@ -249,31 +258,30 @@ class MemoryPlan:
 
 
 def build_memory_plan(graph: Graph, update_plan: UpdatePlan, arena_bytes: int = MEASURING_ARENA_BYTES,
-                      sgd: SGD = SGD(lr=0.0), wgrad_tile_bytes: int | None = None,
-                      provenance: dict | None = None) -> MemoryPlan:
-    """Dry-run one training step (no weight changes) in a fresh tracing arena and read its plan off the trace.
-    Raises ArenaOverflow if the step does not fit `arena_bytes`."""
-    arena = dry_run_training_step(graph, update_plan, arena_bytes, sgd, wgrad_tile_bytes)
-    return memory_plan_from_arena(graph, update_plan, arena, provenance)
+                      sgd: SGD = SGD(lr=0.0), wgrad_tile_bytes: int | None = None, provenance: dict | None = None,
+                      memory_schedule: MemorySchedule = LAYER_BY_LAYER) -> MemoryPlan:
+    """Dry-run one training step (no weight changes) in a fresh tracing arena and read its plan off the trace and
+    the engine's op log. Raises ArenaOverflow if the step does not fit `arena_bytes`."""
+    arena, op_log = dry_run_with_op_log(graph, update_plan, arena_bytes, sgd, wgrad_tile_bytes, memory_schedule)
+    return memory_plan_from_arena(arena, op_log, provenance)
 
 
-def memory_plan_from_arena(graph: Graph, update_plan: UpdatePlan, arena: Arena,
-                           provenance: dict | None = None) -> MemoryPlan:
-    """The plan of the one `Engine.train_step(..., update_plan, ...)` of `graph` whose trace `arena` holds.
+def memory_plan_from_arena(arena: Arena, op_log: list[OpEvent], provenance: dict | None = None) -> MemoryPlan:
+    """The plan of the one training step whose trace `arena` holds and whose ops `op_log` recorded.
 
     The trace must cover exactly that step, from an arena with nothing live (a fresh one, or `reset_peak()` on an
     empty one just before): a tensor allocated before the trace began has no recorded offset or lifetime.
     """
-    schedule = schedule_step(graph, update_plan)
-    count = len(graph.layers)
-    # the loss at op `count`, then backward down to the earliest layer that needs a gradient
-    last_op = max((2 * count - index for index, step in enumerate(schedule.layers) if step.runs_backward),
-                  default=count)
+    last_op = max((event.op_index for event in op_log), default=0)
     tensors = _tensors_from_trace(arena.trace, last_op)
     if sum(tensor.nbytes for tensor in tensors if tensor.free_event == NOT_FREED) != arena.live_bytes:
         raise ValueError("the arena holds tensors allocated before its trace began; build the plan from a fresh "
                          "arena (or call reset_peak() on an empty one) and run exactly one training step")
-    ops = _ops(graph, schedule, _TensorIndex(tensors))
+    name_of = {tensor.alloc_event: tensor.name for tensor in tensors}
+    ops = [OpRecord(event.op_index, event.name, event.op_type, event.layer,
+                    tuple(name_of[position] for position in event.reads),
+                    tuple(name_of[position] for position in event.writes), event.macs, event.trains_weight,
+                    event.trains_bias, event.out_channels, event.in_channels) for event in op_log]
     return MemoryPlan(arena.capacity, arena.alignment, arena.peak_bytes, dict(arena.peak_bytes_by_kind),
                       arena.high_water_bytes, tensors, ops, dict(provenance or {}))
 
@@ -313,100 +321,6 @@ def _tensors_from_trace(trace: list[TraceEvent], last_op: int) -> list[TensorRec
     if len({tensor.name for tensor in tensors}) != len(tensors):
         raise ValueError("tensor names collide after numbering repeated allocations; rename the engine's tensors")
     return tensors
-
-
-class _TensorIndex:
-    """Tensor records found the way the engine names them: by arena name and the op that uses them."""
-
-    def __init__(self, tensors: list[TensorRecord]):
-        self.by_arena_name: dict[str, list[TensorRecord]] = defaultdict(list)
-        self.by_first_op: dict[int, list[TensorRecord]] = defaultdict(list)
-        for tensor in tensors:
-            self.by_arena_name[tensor.arena_name].append(tensor)
-            self.by_first_op[tensor.first_op].append(tensor)
-
-    def live(self, arena_name: str, op: int) -> TensorRecord:
-        """The one tensor of that name live during op `op`."""
-        found = [t for t in self.by_arena_name[arena_name] if t.first_op <= op <= t.last_op]
-        if len(found) != 1:
-            raise ValueError(f"expected one tensor {arena_name!r} live at op {op}, found {len(found)}: is the trace "
-                             "from one training step of this graph and update plan?")
-        return found[0]
-
-    def allocated_in(self, op: int) -> list[TensorRecord]:
-        return self.by_first_op[op]
-
-
-def _ops(graph: Graph, schedule: StepSchedule, tensors: _TensorIndex) -> list[OpRecord]:
-    count = len(graph.layers)
-    names = schedule.op_names(graph)
-    ops = []
-    for index, (layer, step) in enumerate(zip(graph.layers, schedule.layers)):
-        inputs = [tensors.live(name, index) for name in layer.inputs]
-        outputs = [tensor for tensor in tensors.allocated_in(index) if tensor not in inputs]
-        ops.append(_op_record(index, names[index], _FORWARD_TYPES[type(layer)], layer, step, inputs, outputs,
-                              layer.macs(_input_shapes(graph, layer))))
-    logits = tensors.live(graph.output_name, count)
-    ops.append(OpRecord(count, names[count], "loss", "", (logits.name,),
-                        tuple(tensor.name for tensor in tensors.allocated_in(count)), 0, False, False, (), ()))
-    # Which buffer holds the gradient of which tensor, as the engine hands them on: a residual add passes its output
-    # gradient to its inputs without a copy; a shared buffer is copied, under the name it is written for, before
-    # it is written.
-    gradient_of = {graph.output_name: tensors.live(f"d{graph.output_name}", count)}
-    for index in reversed(range(count)):
-        layer, step = graph.layers[index], schedule.layers[index]
-        if not step.runs_backward:
-            continue
-        op = 2 * count - index
-        copies = {tensor.arena_name: tensor for tensor in tensors.allocated_in(op) if tensor.kind == "grad"}
-        dout = copies.get(f"d{layer.output}", gradient_of.pop(layer.output))
-        inputs, outputs = [dout], []
-        for name, needs_gradient in zip(layer.inputs, step.input_needs_grad):
-            if needs_gradient:
-                # a new or copied buffer, else accumulate into the one there, else (add) pass dout itself on
-                target = copies.get(f"d{name}", gradient_of.get(name, dout))
-                gradient_of[name] = target
-                outputs.append(target)
-        if step.saved_input is not None:
-            saved_name = f"{layer.name}.saved_input" if step.saved_input == GATHER else layer.inputs[0]
-            inputs.append(tensors.live(saved_name, op))
-        if step.save_mask:
-            inputs.append(tensors.live(f"{layer.name}.relu6_mask", op))
-        outputs += [tensor for tensor in tensors.allocated_in(op) if tensor.kind in ("wgrad", "optim")]
-        ops.append(_op_record(op, names[op], f"{_FORWARD_TYPES[type(layer)]}_backward", layer, step, inputs,
-                              outputs, _backward_macs(graph, layer, step)))
-    return ops
-
-
-def _op_record(index: int, name: str, op_type: str, layer: Layer, step: LayerSchedule,
-               inputs: list[TensorRecord], outputs: list[TensorRecord], macs: int) -> OpRecord:
-    update = step.update
-    trains_weight = update is not None and update.trains_weight
-    out_channels = tuple(int(c) for c in update.out_channels) if trains_weight else ()
-    # depthwise: the trained rows also pick the saved input channels (LayerUpdate.in_channels is ignored there)
-    in_channels = out_channels if layer.has_weight and layer.selects_input_by_output else (
-        tuple(int(c) for c in update.in_channels) if trains_weight else ())
-    # once each: the backward of a residual add hands one buffer on as the gradient of both its inputs
-    input_names, output_names = (tuple(dict.fromkeys(t.name for t in group)) for group in (inputs, outputs))
-    return OpRecord(index, name, op_type, layer.name, input_names, output_names, int(macs), trains_weight,
-                    update is not None and update.bias, out_channels, in_channels)
-
-
-def _input_shapes(graph: Graph, layer: Layer) -> list[tuple[int, ...]]:
-    return [graph.shapes[name] for name in layer.inputs]
-
-
-def _backward_macs(graph: Graph, layer: Layer, step: LayerSchedule) -> int:
-    """dX costs what forward costs; dW[rows, cols] costs rows * cols * taps per output pixel (chosen channels only)."""
-    forward = layer.macs(_input_shapes(graph, layer))
-    macs = forward if step.input_needs_grad[0] else 0
-    update = step.update
-    if update is not None and update.trains_weight:
-        rows, columns, taps = layer.weight_rows_cols.shape
-        columns = columns if layer.selects_input_by_output else len(update.in_channels)
-        output_pixels = forward // layer.weight.size
-        macs += len(update.out_channels) * columns * taps * output_pixels
-    return macs
 
 
 # --------------------------------------------------------------------------------------------------------

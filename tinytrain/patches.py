@@ -17,6 +17,7 @@ import numpy as np
 
 from tinytrain.graph import Graph
 from tinytrain.layers import Add, Conv2d, Pointwise
+from tinytrain.oplog import OpLog
 
 _NO_MASK = np.zeros(0, dtype=np.uint8)  # frozen layers keep no ReLU6 mask
 
@@ -181,22 +182,29 @@ def _plan_tile(graph: Graph, layers, source: str, output_region: Region) -> Tile
     return Tile(output_region, need[source], tuple(tile_layers), macs)
 
 
-def run_patch_stage(stage: PatchStage, graph: Graph, arena, load_source, output: np.ndarray) -> None:
+def run_patch_stage(stage: PatchStage, graph: Graph, arena, source: np.ndarray, load_source, output: np.ndarray,
+                    op_log: OpLog | None = None) -> None:
     """Fill `output` (the stage's last tensor, whole) tile by tile; every tile buffer lives in `arena`.
 
-    `load_source(tile_source, region)` writes the source tensor's `region` into the (C, h, w) view `tile_source`.
+    `load_source(tile_source, region)` writes the `region` of `source` (the stage's source tensor, or the camera
+    frame it is normalised from) into the (C, h, w) view `tile_source`. `op_log` records each op of each tile.
     """
     channels = graph.shapes[stage.source][0]
-    for tile in stage.tiles:
+    for number, tile in enumerate(stage.tiles):
+        suffix = f" tile {number}"
         region = tile.input_region
+        start = op_log.start() if op_log else 0
         live = {stage.source: arena.alloc(f"{stage.source}.tile", (channels, region.height, region.width),
                                           np.float32, "activation")}
         load_source(live[stage.source], region)
+        if op_log:
+            op_log.record(start, f"fwd {stage.source}{suffix}", "load", "", op_log.ids(source))
         for step in tile.layers:
             layer = graph.layers[step.layer_index]
+            inputs = [live[name] for name in layer.inputs]
+            start = op_log.start() if op_log else 0
             out = arena.alloc(f"{layer.output}.tile", (graph.shapes[layer.output][0], step.region.height,
                                                        step.region.width), np.float32, "activation")
-            inputs = [live[name] for name in layer.inputs]
             if isinstance(layer, Conv2d):
                 layer.forward_padded(out, inputs[0], step.pad_top, step.pad_left)
             elif isinstance(layer, Pointwise):
@@ -208,12 +216,20 @@ def run_patch_stage(stage: PatchStage, graph: Graph, arena, load_source, output:
                        inputs[1][:, row_b:row_b + height, column_b:column_b + width], out=out)
             if layer.relu6:
                 layer.apply_relu6(out, _NO_MASK, False)
+            if op_log:
+                macs = int(layer.weight.size) * out.shape[1] * out.shape[2] if layer.has_weight else 0
+                op_log.record(start, f"fwd {layer.name}{suffix}", layer.op_type, layer.name, op_log.ids(*inputs),
+                              macs)
             live[layer.output] = out
             for name in step.frees:
                 arena.free(live.pop(name))
         last = tile.layers[-1].region
         owned = tile.output_region
         tile_out = live.pop(stage.output)
+        start = op_log.start() if op_log else 0
         output[:, owned.top:owned.bottom, owned.left:owned.right] = tile_out[
             :, owned.top - last.top:owned.bottom - last.top, owned.left - last.left:owned.right - last.left]
+        if op_log:
+            op_log.record(start, f"fwd {stage.output}{suffix}", "copy", "", op_log.ids(tile_out),
+                          written=op_log.ids(output))
         arena.free(tile_out)

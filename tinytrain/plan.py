@@ -78,6 +78,19 @@ class StepSchedule:
         return forward + ["loss"] + backward
 
 
+def backward_macs(layer, input_shapes, step: LayerSchedule) -> int:
+    """dX costs what forward costs; dW[rows, cols] costs rows * cols * taps per output pixel (chosen channels only)."""
+    forward = layer.macs(input_shapes)
+    macs = forward if step.input_needs_grad[0] else 0
+    update = step.update
+    if update is not None and update.trains_weight:
+        rows, columns, taps = layer.weight_rows_cols.shape
+        columns = columns if layer.selects_input_by_output else len(update.in_channels)
+        output_pixels = forward // layer.weight.size
+        macs += len(update.out_channels) * columns * taps * output_pixels
+    return macs
+
+
 def schedule_step(graph: Graph, plan: UpdatePlan) -> StepSchedule:
     unknown = set(plan.updates) - {layer.name for layer in graph.layers if layer.has_weight}
     if unknown:
