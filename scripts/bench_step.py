@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import tinytrain.engine as engine_module
-from tinytrain.arena import Arena
+from tinytrain.arena import DEFAULT_CAPACITY, Arena
+from tinytrain.budget import fit_schedule
 from tinytrain.engine import SGD, Engine
 from tinytrain.graph import Graph
 from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Linear, Pointwise
@@ -31,7 +32,7 @@ from tinytrain.memory import MEASURING_ARENA_BYTES
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.sparse import make_policy
 
-CASES = ("inference", "dense", "last-k", "dynamic")
+CASES = ("inference", "dense", "last-k", "dynamic", "dynamic-lean")
 NUM_CLASSES = 10
 LEARNING_RATE = 1e-3
 MATMUL_SIZE = 1024
@@ -45,7 +46,9 @@ def parse_args(argv):
                     "(weights and biases), plain SGD (lr 1e-3, no momentum). Cases: inference (a forward pass; "
                     "torch under inference_mode); dense (every layer trains); last-k (the make_policy default, the "
                     "last 2 weighted layers); dynamic (tinytrain's dynamic sparse update, a new channel draw every "
-                    "step; PyTorch cannot skip channels, so it trains the same layers fully). Weights are randomly "
+                    "step; PyTorch cannot skip channels, so it trains the same layers fully); dynamic-lean (the same "
+                    "dynamic step in a 256 KiB arena, in the fastest memory schedule that fits it there: the frozen "
+                    "front in patches, depthwise convs in place). Weights are randomly "
                     "initialised: timing does not depend on their values, so no pretrained download is needed. "
                     "Each figure is the median over --repeats timed steps; the first call of each case (Numba "
                     "compile or cache load, PyTorch's first-call setup) is excluded and printed separately. Also "
@@ -200,7 +203,7 @@ def run_case(case: str, graph: Graph, engine: Engine, image: np.ndarray, x: torc
             with torch.inference_mode():
                 return model.forward(x)[0].numpy()
     else:
-        policy = make_policy(case, graph, seed=args.seed)
+        policy = make_policy(case.removesuffix("-lean"), graph, seed=args.seed)
         model = TorchMobileNetV2(graph, trained=set(policy.plan(0, 0).updates))
         sgd = SGD(lr=LEARNING_RATE)
         # The label cycles with the step so that the loss never collapses to 0 on the one repeated image: a
@@ -412,22 +415,28 @@ def main(argv=None) -> int:
     torch.set_num_threads(os.cpu_count())
     out = sys.stderr if args.json else sys.stdout
     before = cpu_seconds()
-    results, profiles, macs = [], {}, {}
+    results, profiles, macs, lean_schedules = [], {}, {}, {}
     for resolution in args.resolution:
         graph = build_mobilenetv2(NUM_CLASSES, resolution, width_mult=1.0, weights=None, seed=args.seed)
         macs[resolution] = graph.macs()
         engine = Engine(graph, Arena(MEASURING_ARENA_BYTES, tracing=False))
+        # dynamic-lean: the same step in the 256 KiB arena, in the fastest memory schedule that fits it there
+        lean = fit_schedule(graph, make_policy("dynamic", graph, seed=args.seed).plan(0, 0), DEFAULT_CAPACITY)
+        lean_engine = Engine(graph, Arena(DEFAULT_CAPACITY, tracing=False), memory_schedule=lean.schedule)
+        lean_schedules[resolution] = lean.schedule.describe(graph)
         # One image for every step: uint8 (H, W, C) pixels that tinytrain normalises into its arena, and the same
         # pixels preprocessed once into a (1, C, H, W) tensor for torch.
         image = np.random.default_rng(args.seed).integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)
         mean, std = (np.asarray(value, np.float32) for value in (graph.preprocessing.mean, graph.preprocessing.std))
         x = torch.from_numpy(np.ascontiguousarray(((image / np.float32(255) - mean) / std).transpose(2, 0, 1)[None]))
         for case in CASES:
-            results.append(run_case(case, graph, engine, image, x, args))
+            results.append(run_case(case, graph, lean_engine if case == "dynamic-lean" else engine, image, x, args))
         profiles[resolution] = profile_dynamic(graph, image, args.profile_steps, args.seed)
     rates = machine_matmul_rates(args.seed)
     disturbance = other_load(before, cpu_seconds())
     print_report(results, profiles, macs, rates, disturbance, args, out)
+    for resolution, schedule in lean_schedules.items():
+        print(f"dynamic-lean at {resolution}x{resolution}, in {DEFAULT_CAPACITY:,} B: {schedule}", file=out)
     if args.json:
         print(json.dumps([{"case": r.case, "tinytrain_ms": round(r.tinytrain.median_ms, 3),
                            "torch_ms": round(r.torch.median_ms, 3), "speedup": round(r.speedup, 3),
