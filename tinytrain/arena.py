@@ -219,6 +219,11 @@ class Arena:
         self._trace_positions = {}  # what was live before has no position in the new trace
 
     @property
+    def usable_offset(self) -> int:
+        """Where offset 0 of the trace lies in the buffer: the first aligned byte."""
+        return self._base_shift
+
+    @property
     def usable_bytes(self) -> int:
         """Bytes from the aligned start to the end: what offsets can reach."""
         return self.capacity - self._base_shift

@@ -94,7 +94,8 @@ def fit_schedule(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SG
 
     Each candidate is first measured in a large arena (its high water is what its planned offsets need), so a
     family of stage boundaries whose finest grid does not fit is not tried at coarser grids, and only a candidate
-    that fits there is run again in an arena of the budget's size."""
+    that fits there is run again in an arena of the budget's size, in checked mode (oplog.OpLog): every op is
+    verified to have written only its own outputs, and nothing above the measured high water."""
     candidates = candidate_schedules(graph, plan)
     finest = {}
     for _, schedule in candidates:
@@ -108,7 +109,7 @@ def fit_schedule(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SG
             continue
         need = measure_training_step(graph, plan, MEASURING_ARENA_BYTES, sgd, micro_batch, schedule)
         if need.high_water_bytes <= arena_bytes:
-            memory = measure_training_step(graph, plan, arena_bytes, sgd, micro_batch, schedule)
+            memory = measure_training_step(graph, plan, arena_bytes, sgd, micro_batch, schedule, checked=True)
             return FittedSchedule(schedule, memory, cost)
     family, leanest = min(needs.items(), key=lambda item: item[1].high_water_bytes)
     raise BudgetTooSmall(_too_small_message(graph, finest[family], leanest, arena_bytes), finest[family], leanest)

@@ -390,6 +390,7 @@ class Engine:
             macs = backward_macs(layer, [graph.shapes[name] for name in layer.inputs], step)
             op_type = f"{layer.op_type}_backward"
             if mask is not None:
+                self._written.extend(self._ids(dout))  # masked in place
                 layer.relu6_backward(dout, mask)
                 arena.free(mask)
             if self._backward_in_place(layer, step, grads):

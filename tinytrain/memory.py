@@ -60,12 +60,16 @@ def dry_run_training_step(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd:
 
 
 def dry_run_with_op_log(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SGD(lr=0.0),
-                        wgrad_tile_bytes: int | None = None,
-                        memory_schedule: MemorySchedule = LAYER_BY_LAYER) -> tuple[Arena, list[OpEvent]]:
-    """dry_run_training_step of one sample, also returning what each op read and wrote."""
+                        wgrad_tile_bytes: int | None = None, memory_schedule: MemorySchedule = LAYER_BY_LAYER,
+                        checked: bool = False) -> tuple[Arena, list[OpEvent]]:
+    """dry_run_training_step of one sample, also returning what each op read and wrote. `checked`: the arena starts
+    filled with a sentinel, and each op is verified to write only its own outputs, and nothing above the measured
+    high water to be touched (ArenaCorruption otherwise)."""
     engine = Engine(graph, Arena(arena_bytes), wgrad_tile_bytes, memory_schedule)
-    engine.op_log = OpLog(engine.arena)
+    engine.op_log = OpLog(engine.arena, checked)
     _dry_run(engine, plan, sgd, 1)
+    if checked:
+        engine.op_log.verify_high_water()
     return engine.arena, engine.op_log.events
 
 
@@ -76,6 +80,11 @@ def _dry_run(engine: Engine, plan: UpdatePlan, sgd: SGD, micro_batch: int) -> No
 
 
 def measure_training_step(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SGD(lr=0.0),
-                          micro_batch: int = 1, memory_schedule: MemorySchedule = LAYER_BY_LAYER) -> StepMemory:
+                          micro_batch: int = 1, memory_schedule: MemorySchedule = LAYER_BY_LAYER,
+                          checked: bool = False) -> StepMemory:
+    """`checked` (one sample only): as dry_run_with_op_log's."""
+    if checked and micro_batch == 1:
+        return StepMemory.from_arena(dry_run_with_op_log(graph, plan, arena_bytes, sgd,
+                                                         memory_schedule=memory_schedule, checked=True)[0])
     return StepMemory.from_arena(dry_run_training_step(graph, plan, arena_bytes, sgd, micro_batch=micro_batch,
                                                        memory_schedule=memory_schedule))
