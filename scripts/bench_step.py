@@ -25,6 +25,7 @@ from tqdm import tqdm
 import tinytrain.engine as engine_module
 from tinytrain.arena import DEFAULT_CAPACITY, Arena
 from tinytrain.budget import fit_schedule
+from tinytrain.cpu import cpu_seconds, other_cores_busy
 from tinytrain.engine import SGD, Engine
 from tinytrain.graph import Graph
 from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Linear, Pointwise
@@ -337,25 +338,10 @@ def machine_matmul_rates(seed: int) -> tuple[float, float]:
 # report
 
 
-def cpu_seconds() -> tuple[float, float, float] | None:
-    """(wall, CPU busy on the whole machine, CPU used by this process) in seconds so far; None without /proc/stat.
-    Busy counts steal too: time a hypervisor gave to another machine is time this run could not have."""
-    try:
-        with open("/proc/stat") as stat:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, stat.readline().split()[1:9])
-    except OSError:
-        return None
-    own = os.times()
-    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    return time.perf_counter(), busy, own.user + own.system
-
-
 def other_load(before, after) -> str:
-    """The cores' worth of CPU other processes used between two cpu_seconds() readings."""
-    if before is None or after is None:
-        return "unknown (no /proc/stat)"
-    wall, busy, own = (end - start for start, end in zip(before, after))
-    return f"{(busy - own) / wall:.2f} of {os.cpu_count()} cores"
+    """The cores' worth of CPU other processes used between two cpu_seconds() readings, as text."""
+    busy = other_cores_busy(before, after)
+    return "unknown (no /proc/stat)" if busy is None else f"{busy:.2f} of {os.cpu_count()} cores"
 
 
 PHASES = ("forward", "loss", "backward", "step")

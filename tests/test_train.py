@@ -1,15 +1,18 @@
 """The trainer: it learns on a small subset, resumes exactly, and stops cleanly on a non-finite loss."""
 
+import os
+import signal
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from tinytrain.checkpoint import load_checkpoint
-from tinytrain.engine import NonFiniteLoss
+from tinytrain.divergence import TrainingDiverged
+from tinytrain.interrupt import TrainingInterrupted
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.prune import channels_to_keep, find_channel_groups, l2_importance, prune_graph, save_pruned
-from tinytrain.train import TrainConfig, Trainer
+from tinytrain.train import ConfigError, RunAlreadyFinished, TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +20,8 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
-def make_trainer(config, output_dir, data_dir, cache_dir):
-    return Trainer(config, output_dir, data_dir=data_dir, cache_dir=cache_dir, progress=False)
+def make_trainer(config, output_dir, data_dir, cache_dir, resume=False):
+    return Trainer(config, output_dir, data_dir=data_dir, cache_dir=cache_dir, progress=False, resume=resume)
 
 
 def test_short_fine_tune_learns_well_above_chance(data_dir, cache_dir, tmp_path):
@@ -32,58 +35,119 @@ def test_short_fine_tune_learns_well_above_chance(data_dir, cache_dir, tmp_path)
     assert (tmp_path / "results.json").is_file()
 
 
-def run_until(trainer, stop_at_step, monkeypatch):
-    """Train, but die like a killed process right before step `stop_at_step`."""
+def run_until(trainer, stop_at_step, monkeypatch, interruption):
+    """Train, and at the call of step `stop_at_step` do `interruption()`: raise like a killed process, or send a
+    real signal to this process."""
     calls = {"count": 0}
     original = trainer.engine.train_step
 
     def train_step(*args, **kwargs):
         if calls["count"] == stop_at_step:
-            raise KeyboardInterrupt
+            interruption()
         calls["count"] += 1
         return original(*args, **kwargs)
 
     monkeypatch.setattr(trainer.engine, "train_step", train_step)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.run()
+    trainer.run()
 
 
-def test_resume_continues_exactly_where_it_stopped(data_dir, cache_dir, tmp_path, monkeypatch):
-    # momentum keeps one buffer per whole trained parameter, in the arena: a few MB for the dynamic layers
-    config = TrainConfig(resolution=32, epochs=2, train_subset=40, test_subset=10, warmup_steps=10, momentum=0.9,
-                         weight_decay=1e-4, checkpoint_every=25, arena_bytes=16 << 20)
-    straight = make_trainer(config, tmp_path / "straight", data_dir, cache_dir)
-    straight.run()
-    interrupted = make_trainer(config, tmp_path / "resumed", data_dir, cache_dir)
-    run_until(interrupted, 57, monkeypatch)  # the last checkpoint is at step 50, mid-way through epoch 2
-    resumed = make_trainer(config, tmp_path / "resumed", data_dir, cache_dir)
-    results = resumed.run(resume=True)
+def kill():
+    raise KeyboardInterrupt  # dies like kill -9: nothing is written after the last checkpoint
+
+
+RESUME_CONFIG = TrainConfig(resolution=32, epochs=2, train_subset=40, test_subset=10, warmup_steps=10, momentum=0.9,
+                            weight_decay=1e-4, checkpoint_every=25, arena_bytes=16 << 20)  # momentum needs a few MB
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, cache_dir, tmp_path_factory):
+    trainer = make_trainer(RESUME_CONFIG, tmp_path_factory.mktemp("straight"), data_dir, cache_dir)
+    return trainer, trainer.run()
+
+
+def assert_same_run(resumed, results, uninterrupted):
+    straight, straight_results = uninterrupted
     assert results["steps"] == 80
     for ours, theirs in zip(resumed.graph.weighted_layers, straight.graph.weighted_layers):
         np.testing.assert_array_equal(ours.weight, theirs.weight, err_msg=ours.name)
         np.testing.assert_array_equal(ours.bias, theirs.bias, err_msg=ours.name)
-    assert resumed.coverage.fraction == straight.coverage.fraction
+    assert results["history"] == straight_results["history"]  # epoch 2's figures count the steps before the stop
+    timing = {"seconds_per_step"}
+    assert {k: v for k, v in results.items() if k not in timing} == \
+        {k: v for k, v in straight_results.items() if k not in timing}
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data_dir, cache_dir, tmp_path, monkeypatch):
-    config = TrainConfig(resolution=32, epochs=1, train_subset=30, test_subset=10, checkpoint_every=10)
-    trainer = make_trainer(config, tmp_path, data_dir, cache_dir)
+def test_resume_after_a_kill_continues_exactly_where_the_checkpoint_stopped(data_dir, cache_dir, tmp_path,
+                                                                           monkeypatch, uninterrupted):
+    interrupted = make_trainer(RESUME_CONFIG, tmp_path, data_dir, cache_dir)
+    with pytest.raises(KeyboardInterrupt):
+        run_until(interrupted, 57, monkeypatch, kill)  # the last checkpoint is at step 50, mid-way through epoch 2
+    resumed = make_trainer(RESUME_CONFIG, tmp_path, data_dir, cache_dir, resume=True)
+    assert_same_run(resumed, resumed.run(), uninterrupted)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_mid_epoch_writes_a_checkpoint_that_resumes_bit_identically(
+        data_dir, cache_dir, tmp_path, monkeypatch, uninterrupted, signal_number):
+    interrupted = make_trainer(RESUME_CONFIG, tmp_path, data_dir, cache_dir)
+    with pytest.raises(TrainingInterrupted, match=f"{signal.Signals(signal_number).name} at step 57") as stop:
+        run_until(interrupted, 56, monkeypatch, lambda: os.kill(os.getpid(), signal_number))
+    assert stop.value.signal_number == signal_number
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are given back
+    assert load_checkpoint(tmp_path / "checkpoint.h5", build_mobilenetv2(resolution=32)).step == 57
+    resumed = make_trainer(RESUME_CONFIG, tmp_path, data_dir, cache_dir, resume=True)
+    assert_same_run(resumed, resumed.run(), uninterrupted)
+
+
+def test_resuming_a_finished_run_leaves_its_results_alone(data_dir, cache_dir, tmp_path, uninterrupted):
+    straight, _ = uninterrupted
+    results = straight.output_dir / "results.json"
+    before = results.read_bytes()
+    with pytest.raises(RunAlreadyFinished, match="already finished"):
+        make_trainer(RESUME_CONFIG, straight.output_dir, tmp_path / "no-data-needed", cache_dir, resume=True)
+    assert results.read_bytes() == before
+
+
+def poison_at(trainer, call, monkeypatch, layer="classifier"):
+    """Put a NaN in `layer`'s bias right after step `call` ran."""
     calls = {"count": 0}
     original = trainer.engine.train_step
 
     def train_step(*args, **kwargs):
+        result = original(*args, **kwargs)
         calls["count"] += 1
-        if calls["count"] == 15:
-            trainer.graph.layer("classifier").bias[0] = np.nan  # poison the logits: the loss becomes NaN
-        return original(*args, **kwargs)
+        if calls["count"] == call:
+            trainer.graph.layer(layer).bias[0] = np.nan
+        return result
 
     monkeypatch.setattr(trainer.engine, "train_step", train_step)
-    with pytest.raises(NonFiniteLoss, match="step 14: loss is nan.*last good checkpoint"):
+
+
+def test_non_finite_loss_stops_and_names_the_last_checkpoint(data_dir, cache_dir, tmp_path, monkeypatch):
+    config = TrainConfig(resolution=32, epochs=1, train_subset=30, test_subset=10, checkpoint_every=10)
+    trainer = make_trainer(config, tmp_path, data_dir, cache_dir)
+    poison_at(trainer, 14, monkeypatch)  # the logits of the next step are NaN
+    with pytest.raises(TrainingDiverged, match="step 14: loss is nan.*last good checkpoint.*step 10"):
         trainer.run()
-    fresh = build_mobilenetv2(resolution=32)
-    state = load_checkpoint(tmp_path / "checkpoint.h5", fresh)
-    assert state.step == 10
-    assert all(np.isfinite(layer.bias).all() for layer in fresh.weighted_layers)
+    assert load_checkpoint(tmp_path / "checkpoint.h5", build_mobilenetv2(resolution=32)).step == 10
+
+
+def test_a_non_finite_parameter_is_never_checkpointed(data_dir, cache_dir, tmp_path, monkeypatch):
+    config = TrainConfig(resolution=32, epochs=1, train_subset=30, test_subset=10, checkpoint_every=5)
+    trainer = make_trainer(config, tmp_path, data_dir, cache_dir)
+    poison_at(trainer, 10, monkeypatch, layer="features.0")  # a frozen layer no periodic check looks at
+    with pytest.raises(TrainingDiverged, match="step 10: non-finite values in features.0.bias; no checkpoint "
+                                               "was written.*step 5"):
+        trainer.run()
+    assert load_checkpoint(tmp_path / "checkpoint.h5", build_mobilenetv2(resolution=32)).step == 5
+
+
+def test_a_huge_learning_rate_stops_the_run_before_any_checkpoint(data_dir, cache_dir, tmp_path):
+    config = TrainConfig(resolution=32, epochs=1, train_subset=400, test_subset=10, lr=1e6, warmup_steps=0,
+                         checkpoint_every=200)
+    with pytest.raises(TrainingDiverged, match="No checkpoint was written before it"):
+        make_trainer(config, tmp_path, data_dir, cache_dir).run()
+    assert not (tmp_path / "checkpoint.h5").exists() and not (tmp_path / "results.json").exists()
 
 
 def test_trains_a_pruned_model_file(data_dir, cache_dir, tmp_path):
@@ -111,5 +175,5 @@ def test_micro_batches_train_within_the_dry_run_peak(data_dir, cache_dir, tmp_pa
     results = trainer.run()
     assert results["steps"] == 20 and results["whole_step_peak_bytes"] == trainer.dry_run.whole_step_peak_bytes
     assert not np.array_equal(trainer.graph.layer("classifier").weight, before)
-    with pytest.raises(ValueError, match="must divide"):
+    with pytest.raises(ConfigError, match="--micro-batch 3: must be a divisor"):
         make_trainer(replace(config, micro_batch=3), tmp_path / "bad", data_dir, cache_dir)

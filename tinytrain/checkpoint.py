@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import h5py
@@ -13,11 +13,20 @@ from tinytrain.atomic import atomic_path
 from tinytrain.graph import Graph
 
 FORMAT = "tinytrain-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the running sums of the unfinished epoch and the training time
 
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be read or does not match the model being trained."""
+
+
+@dataclass
+class EpochSums:
+    """Running sums of the epoch in progress, kept in the checkpoint so a resumed epoch reports all its steps."""
+
+    loss: float = 0.0  # added step by step, in order, so a resumed run adds exactly what an uninterrupted one does
+    hits: int = 0
+    steps: int = 0
 
 
 @dataclass
@@ -27,6 +36,25 @@ class TrainingState:
     momentum: dict[str, np.ndarray]  # parameter -> (rows, cols, taps)
     coverage: dict[str, np.ndarray]  # layer -> (rows, cols) bool
     config: dict
+    epoch_sums: EpochSums = field(default_factory=EpochSums)
+    train_seconds: float = 0.0  # wall time spent in training steps, over every session of the run
+
+
+def read_progress(path: Path) -> tuple[int, dict]:
+    """(steps done, configuration) of a checkpoint, without reading its tensors: enough to check a resume before any
+    work."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; start the run without --resume, or point --output-dir at the "
+                              "run to continue")
+    try:
+        with h5py.File(path, "r") as file:
+            if file.attrs.get("format") != FORMAT:
+                raise CheckpointError(f"{path} is not a tinytrain checkpoint; point --output-dir at a run's folder")
+            return int(file.attrs["step"]), json.loads(file.attrs["config"])
+    except (OSError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"cannot read checkpoint {path} ({error}); it is corrupt: start the run again without "
+                              "--resume") from error
 
 
 def write_parameters(file: h5py.File, graph: Graph) -> None:
@@ -44,6 +72,8 @@ def save_checkpoint(path: Path, graph: Graph, state: TrainingState) -> None:
         file.attrs["step"] = state.step
         file.attrs["history"] = json.dumps(state.history)
         file.attrs["config"] = json.dumps(state.config)
+        file.attrs["epoch_sums"] = json.dumps(asdict(state.epoch_sums))
+        file.attrs["train_seconds"] = state.train_seconds
         write_parameters(file, graph)
         for name, values in state.momentum.items():
             file.create_dataset(f"momentum/{name}", data=values)
@@ -51,15 +81,17 @@ def save_checkpoint(path: Path, graph: Graph, state: TrainingState) -> None:
             file.create_dataset(f"coverage/{name}", data=touched)
 
 
-def load_checkpoint(path: Path, graph: Graph) -> TrainingState:
-    """Copy the saved parameters into `graph` and return the rest of the state."""
+def load_checkpoint(path: Path, graph: Graph, steps_per_epoch: int | None = None) -> TrainingState:
+    """Copy the saved parameters into `graph` and return the rest of the state. A checkpoint of format 1 has no
+    running sums: it resumes only at an epoch's end (`steps_per_epoch` says where those are)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; train without --resume first")
+        raise CheckpointError(f"no checkpoint at {path}; start the run without --resume")
     try:
         with h5py.File(path, "r") as file:
             if file.attrs.get("format") != FORMAT:
                 raise CheckpointError(f"{path} is not a tinytrain checkpoint")
+            version = int(file.attrs.get("format_version", 1))
             parameters = {}
             for layer in graph.weighted_layers:
                 for name in ("weight", "bias"):
@@ -70,6 +102,9 @@ def load_checkpoint(path: Path, graph: Graph) -> TrainingState:
                     if values.shape != getattr(layer, name).shape:
                         raise CheckpointError(f"{path}: {key} has shape {values.shape}, the model needs "
                                               f"{getattr(layer, name).shape}")
+                    if not np.isfinite(values).all():
+                        raise CheckpointError(f"{path}: {key} holds non-finite values; this checkpoint cannot be "
+                                              "resumed: start the run again with a lower --lr")
                     parameters[(layer, name)] = values
             state = TrainingState(
                 step=int(file.attrs["step"]),
@@ -77,9 +112,15 @@ def load_checkpoint(path: Path, graph: Graph) -> TrainingState:
                 momentum={name: file[f"momentum/{name}"][()] for name in _names(file, "momentum")},
                 coverage={name: file[f"coverage/{name}"][()] for name in _names(file, "coverage")},
                 config=json.loads(file.attrs["config"]),
+                epoch_sums=EpochSums(**json.loads(file.attrs.get("epoch_sums", "{}"))),
+                train_seconds=float(file.attrs.get("train_seconds", 0.0)),
             )
-    except (OSError, KeyError) as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+    except (OSError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"cannot read checkpoint {path} ({error}); it is corrupt: start the run again without "
+                              "--resume") from error
+    if version < 2 and steps_per_epoch and state.step % steps_per_epoch:
+        raise CheckpointError(f"{path} was written mid-epoch by an older tinytrain, without the epoch's running sums; "
+                              "it resumes only from an epoch's end: start the run again without --resume")
     for (layer, name), values in parameters.items():
         np.copyto(getattr(layer, name), values)
     return state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,16 +15,18 @@ from tqdm import tqdm
 from tinytrain.arena import DEFAULT_CAPACITY, Arena
 from tinytrain.atomic import atomic_path
 from tinytrain.budget import fit_schedule
-from tinytrain.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+from tinytrain.checkpoint import EpochSums, TrainingState, load_checkpoint, read_progress, save_checkpoint
 from tinytrain.data import Augmenter, load_cifar10
+from tinytrain.divergence import DivergenceMonitor, TrainingDiverged, non_finite_parameters
 from tinytrain.engine import SGD, Engine, MicroBatch, NonFiniteLoss
 from tinytrain.graph import Graph
-from tinytrain.memory import MEASURING_ARENA_BYTES, measure_training_step
+from tinytrain.interrupt import StopRequest, TrainingInterrupted
+from tinytrain.memory import MEASURING_ARENA_BYTES, StepMemory, measure_training_step
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.paths import data_dir as resolve_data_dir
 from tinytrain.plan import UpdatePlan
 from tinytrain.prune import load_pruned
-from tinytrain.sparse import Coverage, Policy, conv_weight_fraction, make_policy
+from tinytrain.sparse import POLICIES, Coverage, Policy, conv_weight_fraction, make_policy
 from tinytrain.weights import load_pretrained
 
 EXACT_SUBSET_FILE = "cifar10/cifar10_exact_subset.npz"
@@ -75,13 +78,93 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-class Trainer:
-    """Owns one run: model, policy, arena, data; `run()` trains, evaluates and writes results.json."""
+class ConfigError(ValueError):
+    """A training configuration, output folder or resume request that cannot work; found before any work starts."""
 
-    def __init__(self, config: TrainConfig, output_dir: Path, data_dir=None, cache_dir=None, progress=True):
+
+CIFAR10_SPLIT_SIZES = {"train": 50_000, "test": 10_000}
+
+
+def _require(ok: bool, field: str, value, requirement: str) -> None:
+    if not ok:
+        raise ConfigError(f"--{field.replace('_', '-')} {value}: must be {requirement}")
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Every value in range, so that a bad flag fails at once instead of after an epoch (ConfigError otherwise)."""
+    _require(config.policy in POLICIES, "policy", config.policy, f"one of {', '.join(POLICIES)}")
+    _require(math.isfinite(config.ratio) and 0 < config.ratio <= 1, "ratio", config.ratio,
+             "a fraction of the conv weights, in (0, 1]")
+    _require(config.last_k >= 1, "last_k", config.last_k, "at least 1")
+    _require(config.first_block >= 0, "first_block", config.first_block, "a block index, 0 or more")
+    _require(math.isfinite(config.ratio_decay) and config.ratio_decay > 0, "ratio_decay", config.ratio_decay,
+             "a positive number")
+    _require(config.bias_from_block is None or config.bias_from_block >= 0, "bias_from_block",
+             config.bias_from_block, "a block index, 0 or more, or 'none'")
+    _require(32 <= config.resolution <= 1024, "resolution", config.resolution,
+             "in 32..1024 pixels (MobileNetV2 downsamples by 32)")
+    _require(config.arena_bytes >= 4096, "arena_bytes", config.arena_bytes, "at least 4,096 bytes")
+    _require(config.epochs >= 1, "epochs", config.epochs, "at least 1")
+    _require(config.micro_batch >= 1, "micro_batch", config.micro_batch, "at least 1")
+    _require(math.isfinite(config.lr) and config.lr > 0, "lr", config.lr, "a positive, finite learning rate")
+    _require(0 <= config.momentum < 1, "momentum", config.momentum, "in [0, 1)")
+    _require(math.isfinite(config.weight_decay) and config.weight_decay >= 0, "weight_decay", config.weight_decay,
+             "0 or a positive, finite number")
+    _require(config.warmup_steps >= 0, "warmup_steps", config.warmup_steps, "0 or more")
+    for field, split in (("train_subset", "train"), ("test_subset", "test")):
+        value = getattr(config, field)
+        _require(value is None or 1 <= value <= CIFAR10_SPLIT_SIZES[split], field, value,
+                 f"in 1..{CIFAR10_SPLIT_SIZES[split]:,} (the CIFAR-10 {split} images), or left out for all")
+    _require(config.seed >= 0, "seed", config.seed, "0 or more")
+    _require(config.checkpoint_every >= 1, "checkpoint_every", config.checkpoint_every, "at least 1")
+    # Micro-batches never straddle an epoch or a checkpoint, so a resumed run starts on a batch boundary.
+    steps_per_epoch = config.train_subset or CIFAR10_SPLIT_SIZES["train"]
+    _require(steps_per_epoch % config.micro_batch == 0 and config.checkpoint_every % config.micro_batch == 0,
+             "micro_batch", config.micro_batch, f"a divisor of the {steps_per_epoch:,} training images per epoch and "
+             f"of --checkpoint-every ({config.checkpoint_every:,})")
+
+
+def prepare_output_dir(output_dir: Path) -> None:
+    """Create `output_dir` and prove it writable now, not at the first checkpoint an epoch later."""
+    probe = output_dir / ".write-test"
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"--output-dir {output_dir}: cannot write there ({error.strerror}); choose a folder you can "
+                          "write to") from error
+
+
+def config_differences(saved: dict, config: TrainConfig) -> list[str]:
+    """'key: saved -> now' for every setting that differs from a checkpoint's."""
+    current = asdict(config)
+    return [f"{key.replace('_', '-')}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
+            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+
+
+class RunAlreadyFinished(Exception):
+    """--resume of a run whose training ended and whose results.json exists: nothing is done or overwritten."""
+
+
+class Trainer:
+    """Owns one run: model, policy, arena, data; `run()` trains, evaluates and writes results.json.
+
+    Everything that can be checked is checked before the data is loaded: the configuration, the output folder,
+    the checkpoint a resume needs and the memory schedule."""
+
+    def __init__(self, config: TrainConfig, output_dir: Path, data_dir=None, cache_dir=None, progress=True,
+                 resume: bool = False):
+        validate_config(config)
         self.config = config
         self.output_dir = Path(output_dir)
         self.progress = progress
+        self.resume = resume
+        self.checkpoint_path = self.output_dir / "checkpoint.h5"
+        self.results_path = self.output_dir / "results.json"
+        prepare_output_dir(self.output_dir)
+        if resume:
+            self._check_resume()
         self.data_root = resolve_data_dir(data_dir)
         if config.model is None:
             weights = load_pretrained(data_dir=self.data_root, cache_dir=cache_dir)
@@ -89,7 +172,10 @@ class Trainer:
                                            seed=config.seed)
         else:
             self.graph = load_pruned(config.model, config.resolution)
-        self.policy = training_policy(config, self.graph)
+        try:
+            self.policy = training_policy(config, self.graph)
+        except ValueError as error:
+            raise ConfigError(f"{error}; choose other --first-block, --bias-from-block or --ratio values") from error
         # Fails here, before any training, if no memory schedule fits the plan into the arena.
         fitted = fit_schedule(self.graph, self.policy.plan(0, 0), config.arena_bytes, SGD(0.0, config.momentum),
                               micro_batch=config.micro_batch)
@@ -102,77 +188,106 @@ class Trainer:
         self.data_source = train.source
         self.train_batches = Augmenter(train.images, train.labels, config.resolution, augment=config.augment,
                                        shuffle=True, subset=config.train_subset, seed=config.seed)
-        # Micro-batches never straddle an epoch or a checkpoint, so a resumed run starts on a batch boundary.
-        if config.micro_batch < 1 or len(self.train_batches) % config.micro_batch \
-                or config.checkpoint_every % config.micro_batch:
-            raise ValueError(f"micro_batch {config.micro_batch} must divide the {len(self.train_batches):,} training "
-                             f"images per epoch and checkpoint_every ({config.checkpoint_every:,})")
         self.arena = Arena(config.arena_bytes, tracing=False)
         self.engine = Engine(self.graph, self.arena, memory_schedule=self.memory_schedule)
         self.coverage = Coverage(self.graph)
-        self.checkpoint_path = self.output_dir / "checkpoint.h5"
+        self.last_good_checkpoint: int | None = None  # step of the newest checkpoint verified finite
+
+    def _check_resume(self) -> None:
+        step, saved_config = read_progress(self.checkpoint_path)
+        differences = config_differences(saved_config, self.config)
+        if differences:
+            raise ConfigError(f"{self.checkpoint_path} was written with other settings: {'; '.join(differences)}. "
+                              "Resume with the run's own flags, or start a new run in another --output-dir")
+        steps = self.config.epochs * (self.config.train_subset or CIFAR10_SPLIT_SIZES["train"])
+        if step >= steps and self.results_path.is_file():
+            raise RunAlreadyFinished(f"the run in {self.output_dir} already finished ({step:,} steps); its results "
+                                     f"are in {self.results_path}, left as they are")
 
     @property
     def total_steps(self) -> int:
         return self.config.epochs * len(self.train_batches)
 
-    def run(self, resume: bool = False) -> dict:
+    def run(self) -> dict:
         state = TrainingState(0, [], {}, {}, asdict(self.config))
-        if resume:
-            state = load_checkpoint(self.checkpoint_path, self.graph)
-            if state.config != asdict(self.config):
-                raise ValueError(f"{self.checkpoint_path} was written with another configuration: {state.config}")
+        if self.resume:
+            state = load_checkpoint(self.checkpoint_path, self.graph, len(self.train_batches))
             self.engine.load_optimizer_state(state.momentum)
             self.coverage.touched = state.coverage
-        started = time.perf_counter()
-        steps_before = state.step
+            self.last_good_checkpoint = state.step
         self._train(state)
-        seconds_per_step = (time.perf_counter() - started) / max(1, state.step - steps_before)
-        results = self._results(state, seconds_per_step)
-        _write_json(self.output_dir / "results.json", results)
+        results = self._results(state)
+        _write_json(self.results_path, results)
         return results
+
+    def _last_good(self) -> str:
+        if self.last_good_checkpoint is None:
+            return "No checkpoint was written before it; start again with a lower --lr"
+        return (f"The last good checkpoint is {self.checkpoint_path} (step {self.last_good_checkpoint:,}); "
+                "continue from it with --resume and a lower --lr, or start again")
 
     def _train(self, state: TrainingState) -> None:
         steps_per_epoch = len(self.train_batches)
+        monitor = DivergenceMonitor(self.graph, self.policy.plan(0, 0).updates, self.graph.num_classes)
+        progress = tqdm(total=self.total_steps, initial=state.step, unit="img", disable=not self.progress,
+                        smoothing=0.05)
         previous_plan = None
-        for epoch in range(state.step // steps_per_epoch, self.config.epochs):
-            first = state.step - epoch * steps_per_epoch
-            losses, hits = [], 0
-            batches = self.train_batches.epoch(epoch)
-            progress = tqdm(batches, total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/"
-                            f"{self.config.epochs}", unit="img", disable=not self.progress)
-            for position, (image, label) in enumerate(progress):
-                if position < first:  # resuming: replay the epoch's draws up to where the checkpoint stopped
-                    continue
-                update_step, sample = divmod(state.step, self.config.micro_batch)  # SGD step; place in its batch
-                plan = self.policy.plan(update_step, epoch)
-                if plan is not previous_plan:
-                    self.coverage.record(plan)
-                    previous_plan = plan
-                sgd = SGD(learning_rate(self.config, update_step, self.total_steps // self.config.micro_batch),
-                          self.config.momentum, self.config.weight_decay)
-                try:
-                    result = self.engine.train_step(image, label, plan, sgd,
-                                                    micro_batch=MicroBatch(sample, self.config.micro_batch))
-                except NonFiniteLoss as error:
-                    raise NonFiniteLoss(f"step {state.step}: {error}. The last good checkpoint is "
-                                        f"{self.checkpoint_path}.") from error
-                state.step += 1
-                losses.append(result.loss)
-                hits += result.prediction == label
-                if state.step % 100 == 0:
-                    progress.set_postfix(loss=f"{np.mean(losses[-500:]):.3f}", acc=f"{hits / len(losses):.3f}",
-                                         peak=f"{self.arena.peak_bytes:,}")
-                if state.step % self.config.checkpoint_every == 0:
-                    self._checkpoint(state)
-            state.history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
-                                  "train_accuracy": hits / len(losses) if losses else None})
-            self._checkpoint(state)
+        with progress, StopRequest() as stop:
+            for epoch in range(state.step // steps_per_epoch, self.config.epochs):
+                progress.set_description(f"epoch {epoch + 1}/{self.config.epochs}")
+                first = state.step - epoch * steps_per_epoch
+                for position, (image, label) in enumerate(self.train_batches.epoch(epoch)):
+                    if position < first:  # resuming: replay the epoch's draws up to where the checkpoint stopped
+                        continue
+                    update_step, sample = divmod(state.step, self.config.micro_batch)  # SGD step; place in its batch
+                    if sample == 0 and stop.signal_number is not None:
+                        self._checkpoint(state)
+                        raise TrainingInterrupted(
+                            f"stopped by {signal.Signals(stop.signal_number).name} at step {state.step:,}; the "
+                            f"checkpoint {self.checkpoint_path} holds it: continue with --resume", stop.signal_number)
+                    plan = self.policy.plan(update_step, epoch)
+                    if plan is not previous_plan:
+                        self.coverage.record(plan)
+                        previous_plan = plan
+                    sgd = SGD(learning_rate(self.config, update_step, self.total_steps // self.config.micro_batch),
+                              self.config.momentum, self.config.weight_decay)
+                    started = time.perf_counter()
+                    try:
+                        result = self.engine.train_step(image, label, plan, sgd,
+                                                        micro_batch=MicroBatch(sample, self.config.micro_batch))
+                        monitor.observe(state.step + 1, result.loss)
+                    except NonFiniteLoss as error:
+                        raise TrainingDiverged(f"step {state.step}: {error}. {self._last_good()}") from error
+                    except TrainingDiverged as error:
+                        raise TrainingDiverged(f"{error}. {self._last_good()}") from error
+                    state.train_seconds += time.perf_counter() - started
+                    state.step += 1
+                    sums = state.epoch_sums
+                    sums.loss += result.loss
+                    sums.hits += int(result.prediction == label)
+                    sums.steps += 1
+                    progress.update()
+                    if state.step % 100 == 0:
+                        progress.set_postfix(loss=f"{sums.loss / sums.steps:.3f}", acc=f"{sums.hits / sums.steps:.3f}",
+                                             peak=f"{self.arena.peak_bytes:,}")
+                    if state.step % self.config.checkpoint_every == 0:
+                        self._checkpoint(state)
+                sums = state.epoch_sums
+                state.history.append({"epoch": epoch + 1, "train_loss": sums.loss / sums.steps,
+                                      "train_accuracy": sums.hits / sums.steps})
+                state.epoch_sums = EpochSums()
+                self._checkpoint(state)
 
     def _checkpoint(self, state: TrainingState) -> None:
+        """Written only when every parameter is finite, so a named checkpoint can always be resumed."""
+        broken = non_finite_parameters(self.graph, [layer.name for layer in self.graph.weighted_layers])
+        if broken:
+            raise TrainingDiverged(f"step {state.step}: non-finite values in {', '.join(broken[:4])}; no checkpoint "
+                                   f"was written. {self._last_good()}")
         state.momentum = self.engine.optimizer_state()
         state.coverage = self.coverage.touched
         save_checkpoint(self.checkpoint_path, self.graph, state)
+        self.last_good_checkpoint = state.step
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray, desc: str) -> float:
         batches = Augmenter(images, labels, self.config.resolution, augment=False, shuffle=False)
@@ -182,7 +297,7 @@ class Trainer:
             hits += int(np.argmax(self.engine.infer(image)[self.graph.output_name])) == label
         return hits / len(batches)
 
-    def _results(self, state: TrainingState, seconds_per_step: float) -> dict:
+    def _results(self, state: TrainingState) -> dict:
         count = self.config.test_subset or len(self.test.labels)
         results = {
             "config": asdict(self.config),
@@ -194,18 +309,22 @@ class Trainer:
         }
         results.update(self._exact_subset_accuracy(count))
         step_plan = self.policy.plan(0, 0)
+        # The dry run counts beside this process's steps: a resumed run may have had no step left to run here.
+        measured = (StepMemory.from_arena(self.arena), self.dry_run)
+        by_kind = {kind: max(memory.peak_bytes_by_kind.get(kind, 0) for memory in measured)
+                   for kind in self.dry_run.peak_bytes_by_kind}
         results.update({
-            "whole_step_peak_bytes": self.arena.peak_bytes,
-            "peak_bytes_by_kind": dict(self.arena.peak_bytes_by_kind),
-            "high_water_bytes": self.arena.high_water_bytes,
+            "whole_step_peak_bytes": max(memory.whole_step_peak_bytes for memory in measured),
+            "peak_bytes_by_kind": by_kind,
+            "high_water_bytes": max(memory.high_water_bytes for memory in measured),
             "arena_bytes": self.arena.capacity,
             "memory_schedule": self.memory_schedule.describe(self.graph),
-            "feature_bytes": self.arena.peak_bytes_by_kind["saved"],
+            "feature_bytes": by_kind["saved"],
             "dense_feature_bytes": self.dense_feature_bytes,
-            "feature_reduction": 1.0 - self.arena.peak_bytes_by_kind["saved"] / self.dense_feature_bytes,
+            "feature_reduction": 1.0 - by_kind["saved"] / self.dense_feature_bytes,
             "conv_weight_fraction_per_step": conv_weight_fraction(self.graph, step_plan),
             "coverage": self.coverage.fraction,
-            "seconds_per_step": seconds_per_step,
+            "seconds_per_step": state.train_seconds / state.step,
             "parameter_bytes": self.graph.parameter_bytes(),
         })
         return results

@@ -1,0 +1,57 @@
+"""How the command-line scripts end: an expected failure prints one line, `error: <what>; <how to fix>`, and exits 1.
+
+A script's parser gets `--debug` from add_debug_flag, which turns the line back into the full traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from tinytrain.arena import ArenaOverflow
+from tinytrain.checkpoint import CheckpointError
+from tinytrain.data.errors import DataError
+from tinytrain.divergence import TrainingDiverged
+from tinytrain.interrupt import TrainingInterrupted
+from tinytrain.prune import PrunedModelError
+from tinytrain.train import ConfigError
+from tinytrain.weights.errors import WeightsError
+
+# Each of these carries a message that names the file or setting and says what to do.
+EXPECTED_ERRORS = (ArenaOverflow, CheckpointError, ConfigError, DataError, PrunedModelError, TrainingDiverged,
+                   WeightsError)
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+
+def describe_os_error(error: OSError) -> str:
+    where = f" ({error.filename})" if error.filename else ""
+    return (f"{error.strerror or error}{where}; check that the path exists and is writable, and that the disk has "
+            "room")
+
+
+def run_script(body: Callable[[], int], debug: bool) -> int:
+    """body()'s exit status; an expected error prints its line to stderr and gives 1 (`debug`: it is raised). A stop
+    signal that training turned into a checkpoint gives 128 + the signal's number, as a shell reports it."""
+    try:
+        return body()
+    except TrainingInterrupted as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        return 128 + stop.signal_number
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted before training started; nothing was written", file=sys.stderr)
+        return 130
+    except OSError as error:
+        if debug:
+            raise
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        return 1
+    except EXPECTED_ERRORS as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1

@@ -1,0 +1,46 @@
+"""How busy the machine's cores are with other processes, and the warning a run gets when its threads must share."""
+
+from __future__ import annotations
+
+import os
+import time
+
+BUSY_CORES_TO_WARN = 0.5  # other processes' cores' worth of CPU above which Numba's default threads contend
+
+
+def cpu_seconds() -> tuple[float, float, float] | None:
+    """(wall, CPU busy on the whole machine, CPU used by this process) in seconds so far; None without /proc/stat.
+    Busy counts steal too: time a hypervisor gave to another machine is time this run could not have."""
+    try:
+        with open("/proc/stat") as stat:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, stat.readline().split()[1:9])
+    except OSError:
+        return None
+    own = os.times()
+    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    return time.perf_counter(), busy, own.user + own.system
+
+
+def other_cores_busy(before, after) -> float | None:
+    """The cores' worth of CPU other processes used between two cpu_seconds() readings; None if unknown."""
+    if before is None or after is None:
+        return None
+    wall, busy, own = (end - start for start, end in zip(before, after))
+    return max(0.0, (busy - own) / wall)
+
+
+def thread_contention_warning(seconds: float = 0.5) -> str | None:
+    """A warning when other processes hold cores while NUMBA_NUM_THREADS is unset: Numba then starts one thread per
+    core, and its parallel kernels wait for the slowest, which here can make training 20x slower."""
+    if "NUMBA_NUM_THREADS" in os.environ:
+        return None
+    before = cpu_seconds()
+    time.sleep(seconds)
+    busy = other_cores_busy(before, cpu_seconds())
+    if busy is None or busy < BUSY_CORES_TO_WARN:
+        return None
+    cores = os.cpu_count() or 1
+    free = max(1, round(cores - busy))
+    return (f"warning: other processes are using {busy:.1f} of this machine's {cores} cores and NUMBA_NUM_THREADS is "
+            f"unset, so Numba's {cores} threads will wait on them and training can run many times slower; set "
+            f"NUMBA_NUM_THREADS={free} (the free cores)")
