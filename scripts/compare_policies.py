@@ -8,9 +8,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from tinytrain.cli import add_debug_flag, run_script
 from tinytrain.memory import MEASURING_ARENA_BYTES
 from tinytrain.sparse import POLICIES
-from tinytrain.train import TrainConfig, Trainer
+from tinytrain.train import TrainConfig, Trainer, validate_config
 
 DEFAULTS = TrainConfig()
 
@@ -37,6 +38,7 @@ def parse_args(argv):
                                                "and add it as the row 'dynamic, pruned'")
     parser.add_argument("--output-dir", default="runs/compare", help="one folder per policy, plus the tables")
     parser.add_argument("--data-dir", help="folder holding the weights and cifar10/ (default: $TINYTRAIN_DATA)")
+    add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -61,6 +63,12 @@ def main(argv=None) -> int:
                              else base.arena_bytes)) for policy in args.policies]  # dense needs about 11 MB
     if args.pruned_model:
         runs.append(("dynamic, pruned", replace(base, policy="dynamic", model=args.pruned_model)))
+    return run_script(lambda: compare(runs, output, args), args.debug)
+
+
+def compare(runs: list[tuple[str, TrainConfig]], output: Path, args) -> int:
+    for _, config in runs:  # every run's values, before the first one trains for hours
+        validate_config(config)
     rows = []
     for label, config in runs:
         results = Trainer(config, output / label.replace(", ", "-"), data_dir=args.data_dir).run()
