@@ -11,9 +11,9 @@ from tinytrain.data import DataError, load_cifar10
 from tinytrain.graph import Graph
 from tinytrain.memory import MEASURING_ARENA_BYTES, measure_inference
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
-from tinytrain.prune import (DEFAULT_GROUP_KINDS, GROUP_KINDS, PrunedModelError, calibration_set, channels_to_keep,
-                             find_channel_groups, fit_probe_head, l2_importance, load_pruned, prune_graph,
-                             save_pruned, stage_count, taylor_importance)
+from tinytrain.prune import (DEFAULT_GROUP_KINDS, GROUP_KINDS, calibration_set, channels_to_keep, find_channel_groups,
+                             fit_probe_head, l2_importance, prune_graph, stage_count, taylor_importance)
+from tinytrain.pruned_model import PrunedModelError, load_pruned, save_pruned
 from tinytrain.weights import WeightsError, load_pretrained
 
 CRITERIA = ("taylor", "l2")
@@ -29,7 +29,7 @@ def parse_args(argv):
                     "channels (expand-conv output, depthwise, project-conv input) go together; block outputs "
                     "joined by residual adds form one group per stage; the stem and head follow their consumers. "
                     "The result is a smaller dense model, written atomically to --output, that "
-                    "tinytrain.prune.load_pruned rebuilds at any resolution. Parameters, MACs and the inference "
+                    "tinytrain.pruned_model.load_pruned rebuilds at any resolution. Parameters, MACs and the inference "
                     "peak of the arena (measured, not computed) are printed before and after.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--ratio", type=float, default=0.3,

@@ -15,9 +15,9 @@ from tinytrain.arena import Arena
 from tinytrain.engine import Engine
 from tinytrain.memory import MEASURING_ARENA_BYTES
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
-from tinytrain.prune import (GROUP_KINDS, Calibration, PrunedModelError, calibration_set, channels_to_keep,
-                             find_channel_groups, fit_probe_head, l2_importance, load_pruned, prune_graph,
-                             save_pruned, stage_count, taylor_importance)
+from tinytrain.prune import (GROUP_KINDS, Calibration, calibration_set, channels_to_keep, find_channel_groups,
+                             fit_probe_head, l2_importance, prune_graph, stage_count, taylor_importance)
+from tinytrain.pruned_model import PrunedModelError, load_pruned, save_pruned
 
 from torch_graph import TorchGraph
 

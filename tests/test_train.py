@@ -11,7 +11,8 @@ from tinytrain.checkpoint import load_checkpoint
 from tinytrain.divergence import TrainingDiverged
 from tinytrain.interrupt import TrainingInterrupted
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
-from tinytrain.prune import channels_to_keep, find_channel_groups, l2_importance, prune_graph, save_pruned
+from tinytrain.prune import channels_to_keep, find_channel_groups, l2_importance, prune_graph
+from tinytrain.pruned_model import save_pruned
 from tinytrain.train import ConfigError, RunAlreadyFinished, TrainConfig, Trainer
 
 

@@ -14,6 +14,7 @@ from tinytrain.graph import Graph
 
 FORMAT = "tinytrain-checkpoint"
 FORMAT_VERSION = 2  # 2 added the running sums of the unfinished epoch and the training time
+READ_ERRORS = (OSError, RuntimeError, KeyError, TypeError, ValueError)  # what h5py and json raise on a damaged file
 
 
 class CheckpointError(Exception):
@@ -52,7 +53,7 @@ def read_progress(path: Path) -> tuple[int, dict]:
             if file.attrs.get("format") != FORMAT:
                 raise CheckpointError(f"{path} is not a tinytrain checkpoint; point --output-dir at a run's folder")
             return int(file.attrs["step"]), json.loads(file.attrs["config"])
-    except (OSError, KeyError, TypeError, ValueError) as error:
+    except READ_ERRORS as error:
         raise CheckpointError(f"cannot read checkpoint {path} ({error}); it is corrupt: start the run again without "
                               "--resume") from error
 
@@ -115,7 +116,7 @@ def load_checkpoint(path: Path, graph: Graph, steps_per_epoch: int | None = None
                 epoch_sums=EpochSums(**json.loads(file.attrs.get("epoch_sums", "{}"))),
                 train_seconds=float(file.attrs.get("train_seconds", 0.0)),
             )
-    except (OSError, KeyError, TypeError, ValueError) as error:
+    except READ_ERRORS as error:
         raise CheckpointError(f"cannot read checkpoint {path} ({error}); it is corrupt: start the run again without "
                               "--resume") from error
     if version < 2 and steps_per_epoch and state.step % steps_per_epoch:

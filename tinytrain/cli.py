@@ -13,7 +13,7 @@ from tinytrain.checkpoint import CheckpointError
 from tinytrain.data.errors import DataError
 from tinytrain.divergence import TrainingDiverged
 from tinytrain.interrupt import TrainingInterrupted
-from tinytrain.prune import PrunedModelError
+from tinytrain.pruned_model import PrunedModelError
 from tinytrain.train import ConfigError
 from tinytrain.weights.errors import WeightsError
 

@@ -25,7 +25,7 @@ from tinytrain.memory import MEASURING_ARENA_BYTES, StepMemory, measure_training
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.paths import data_dir as resolve_data_dir
 from tinytrain.plan import UpdatePlan
-from tinytrain.prune import load_pruned
+from tinytrain.pruned_model import load_pruned
 from tinytrain.sparse import POLICIES, Coverage, Policy, conv_weight_fraction, make_policy
 from tinytrain.weights import load_pretrained
 
