@@ -72,7 +72,7 @@ def compare(runs: list[tuple[str, TrainConfig]], output: Path, args) -> int:
     rows = []
     for label, config in runs:
         results = Trainer(config, output / label.replace(", ", "-"), data_dir=args.data_dir).run()
-        rows.append({"policy": label, **{key: results[key] for key in (
+        rows.append({"policy": label, **{key: getattr(results, key) for key in (
             "test_accuracy", "test_images", "whole_step_peak_bytes", "feature_bytes", "dense_feature_bytes",
             "feature_reduction", "conv_weight_fraction_per_step", "coverage", "seconds_per_step", "steps",
             "arena_bytes")}})

@@ -106,15 +106,15 @@ def train(config: TrainConfig, args) -> int:
           f"peak {trainer.dry_run.whole_step_peak_bytes:,} B, high water {trainer.dry_run.high_water_bytes:,} B, "
           f"feature memory {trainer.dry_run.feature_bytes:,} B (dense {trainer.dense_feature_bytes:,} B)")
     results = trainer.run()
-    print(f"test accuracy {results['test_accuracy']:.4f} on {results['test_images']:,} images ({results['data']})")
-    if "exact_subset_accuracy" in results:
-        print(f"pixel-exact test images: {results['exact_subset_accuracy']:.4f} on {results['exact_subset_images']}"
-              f" (their copies in the training source: {results['exact_subset_source_accuracy']:.4f})")
-    print(f"whole-step arena peak {results['whole_step_peak_bytes']:,} B, high water {results['high_water_bytes']:,}"
-          f" B in {results['arena_bytes']:,} B; feature memory {results['feature_bytes']:,} B, "
-          f"{results['feature_reduction']:.2%} below dense; {results['conv_weight_fraction_per_step']:.2%} of conv "
-          f"weights per step; coverage {results['coverage']:.1%}; {results['seconds_per_step'] * 1000:.1f} ms per "
-          "step")
+    print(f"test accuracy {results.test_accuracy:.4f} on {results.test_images:,} images ({results.data})")
+    if results.exact_subset is not None:
+        exact = results.exact_subset
+        print(f"pixel-exact test images: {exact.accuracy:.4f} on {exact.images} (their copies in the training "
+              f"source: {exact.source_accuracy:.4f})")
+    print(f"whole-step arena peak {results.whole_step_peak_bytes:,} B, high water {results.high_water_bytes:,} B in "
+          f"{results.arena_bytes:,} B; feature memory {results.feature_bytes:,} B, {results.feature_reduction:.2%} "
+          f"below dense; {results.conv_weight_fraction_per_step:.2%} of conv weights per step; coverage "
+          f"{results.coverage:.1%}; {results.seconds_per_step * 1000:.1f} ms per step")
     print(f"results: {Path(args.output_dir) / 'results.json'}")
     return 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -13,7 +12,6 @@ import numpy as np
 from tqdm import tqdm
 
 from tinytrain.arena import DEFAULT_CAPACITY, Arena
-from tinytrain.atomic import atomic_path
 from tinytrain.budget import fit_schedule
 from tinytrain.checkpoint import EpochSums, TrainingState, load_checkpoint, read_progress, save_checkpoint
 from tinytrain.data import Augmenter, load_cifar10
@@ -26,6 +24,7 @@ from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.paths import data_dir as resolve_data_dir
 from tinytrain.plan import UpdatePlan
 from tinytrain.pruned_model import load_pruned
+from tinytrain.results import ExactSubsetAccuracy, RunResults
 from tinytrain.sparse import POLICIES, Coverage, Policy, conv_weight_fraction, make_policy
 from tinytrain.weights import load_pretrained
 
@@ -208,7 +207,7 @@ class Trainer:
     def total_steps(self) -> int:
         return self.config.epochs * len(self.train_batches)
 
-    def run(self) -> dict:
+    def run(self) -> RunResults:
         state = TrainingState(0, [], {}, {}, asdict(self.config))
         if self.resume:
             state = load_checkpoint(self.checkpoint_path, self.graph, len(self.train_batches))
@@ -217,7 +216,7 @@ class Trainer:
             self.last_good_checkpoint = state.step
         self._train(state)
         results = self._results(state)
-        _write_json(self.results_path, results)
+        results.write(self.results_path)
         return results
 
     def _last_good(self) -> str:
@@ -297,56 +296,46 @@ class Trainer:
             hits += int(np.argmax(self.engine.infer(image)[self.graph.output_name])) == label
         return hits / len(batches)
 
-    def _results(self, state: TrainingState) -> dict:
+    def _results(self, state: TrainingState) -> RunResults:
         count = self.config.test_subset or len(self.test.labels)
-        results = {
-            "config": asdict(self.config),
-            "data": self.data_source,
-            "steps": state.step,
-            "history": state.history,
-            "test_images": count,
-            "test_accuracy": self.evaluate(self.test.images[:count], self.test.labels[:count], "test"),
-        }
-        results.update(self._exact_subset_accuracy(count))
-        step_plan = self.policy.plan(0, 0)
         # The dry run counts beside this process's steps: a resumed run may have had no step left to run here.
         measured = (StepMemory.from_arena(self.arena), self.dry_run)
         by_kind = {kind: max(memory.peak_bytes_by_kind.get(kind, 0) for memory in measured)
                    for kind in self.dry_run.peak_bytes_by_kind}
-        results.update({
-            "whole_step_peak_bytes": max(memory.whole_step_peak_bytes for memory in measured),
-            "peak_bytes_by_kind": by_kind,
-            "high_water_bytes": max(memory.high_water_bytes for memory in measured),
-            "arena_bytes": self.arena.capacity,
-            "memory_schedule": self.memory_schedule.describe(self.graph),
-            "feature_bytes": by_kind["saved"],
-            "dense_feature_bytes": self.dense_feature_bytes,
-            "feature_reduction": 1.0 - by_kind["saved"] / self.dense_feature_bytes,
-            "conv_weight_fraction_per_step": conv_weight_fraction(self.graph, step_plan),
-            "coverage": self.coverage.fraction,
-            "seconds_per_step": state.train_seconds / state.step,
-            "parameter_bytes": self.graph.parameter_bytes(),
-        })
-        return results
+        return RunResults(
+            config=asdict(self.config),
+            data=self.data_source,
+            steps=state.step,
+            history=state.history,
+            test_images=count,
+            test_accuracy=self.evaluate(self.test.images[:count], self.test.labels[:count], "test"),
+            exact_subset=self._exact_subset_accuracy(count),
+            arena_bytes=self.arena.capacity,
+            whole_step_peak_bytes=max(memory.whole_step_peak_bytes for memory in measured),
+            high_water_bytes=max(memory.high_water_bytes for memory in measured),
+            peak_bytes_by_kind=by_kind,
+            feature_bytes=by_kind["saved"],
+            dense_feature_bytes=self.dense_feature_bytes,
+            feature_reduction=1.0 - by_kind["saved"] / self.dense_feature_bytes,
+            memory_schedule=self.memory_schedule.describe(self.graph),
+            conv_weight_fraction_per_step=conv_weight_fraction(self.graph, self.policy.plan(0, 0)),
+            coverage=self.coverage.fraction,
+            seconds_per_step=state.train_seconds / state.step,
+            parameter_bytes=self.graph.parameter_bytes(),
+        )
 
-    def _exact_subset_accuracy(self, count: int) -> dict:
+    def _exact_subset_accuracy(self, count: int) -> ExactSubsetAccuracy | None:
         """Accuracy on the pixel-exact test images among the first `count`, and on their copies in the data source."""
         path = self.data_root / EXACT_SUBSET_FILE
         if not path.is_file():
-            return {}
+            return None
         arrays = np.load(path)
         keep = arrays["test_subset_index"] < count
         index = arrays["test_subset_index"][keep]  # test indices 0..1016
         exact = arrays["test_subset_data"][keep].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
         labels = arrays["test_labels"][index]
-        return {
-            "exact_subset_images": len(index),
-            "exact_subset_accuracy": self.evaluate(exact, labels, "exact subset"),
-            "exact_subset_source_accuracy": self.evaluate(self.test.images[index], self.test.labels[index],
-                                                          "its source copies"),
-        }
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(payload, indent=2) + "\n")
+        return ExactSubsetAccuracy(
+            images=len(index),
+            accuracy=self.evaluate(exact, labels, "exact subset"),
+            source_accuracy=self.evaluate(self.test.images[index], self.test.labels[index], "its source copies"),
+        )
