@@ -6,6 +6,7 @@ import torch
 
 from tinytrain.arena import Arena
 from tinytrain.engine import SGD, Engine, MicroBatch
+from tinytrain.graph import Graph
 from tinytrain.memory import measure_training_step
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.plan import LayerUpdate, UpdatePlan, full_update
@@ -45,6 +46,16 @@ def channel_plan(graph, rng):
         plan[name] = LayerUpdate(rows.astype(np.int64), rows.astype(np.int64) if layer.selects_input_by_output
                                  else cols.astype(np.int64))
     return UpdatePlan(plan)
+
+
+def test_policies_freeze_the_front_by_the_graph_s_blocks_not_by_layer_names():
+    graph = build_mobilenetv2(resolution=32)
+    trained = [x.name for x in sparse_layers(graph, 0.02, first_block=13)]
+    assert trained[0] == "features.13.expand" and trained[-1] == "features.18"
+    # the same layers, with the blocks renumbered by one: the first trained layer moves with them
+    shifted = Graph(graph.layers, graph.input_name, graph.input_shape, graph.preprocessing,
+                    {name: block + 1 for name, block in graph.blocks.items()})
+    assert sparse_layers(shifted, 0.02, first_block=13)[0].name == "features.12.expand"
 
 
 def test_selected_channel_gradients_equal_the_slice_of_the_dense_gradient(image):

@@ -11,9 +11,13 @@ from tinytrain.weights import Preprocessing
 class Graph:
     """Layers in execution order; tensor shapes follow from the input shape alone."""
 
-    def __init__(self, layers: list[Layer], input_name: str, input_shape: Shape, preprocessing: Preprocessing):
-        """`preprocessing` belongs to the weights: how raw pixels become this network's input."""
+    def __init__(self, layers: list[Layer], input_name: str, input_shape: Shape, preprocessing: Preprocessing,
+                 blocks: dict[str, int] | None = None):
+        """`preprocessing` belongs to the weights: how raw pixels become this network's input. `blocks`: the block
+        index of each layer that belongs to one (policies freeze the front blocks by it); a layer without one, such
+        as the pooling and the classifier, comes after every block."""
         self.layers = layers
+        self.blocks = dict(blocks or {})
         self.input_name = input_name
         self.input_shape = tuple(input_shape)
         self.preprocessing = preprocessing
@@ -32,6 +36,10 @@ class Graph:
 
     def layer(self, name: str) -> Layer:
         return self._by_name[name]
+
+    def in_or_after_block(self, name: str, block: int) -> bool:
+        """Whether layer `name` belongs to block `block` or a later one."""
+        return self.blocks.get(name, block) >= block
 
     @property
     def weighted_layers(self) -> list[Layer]:

@@ -227,7 +227,7 @@ def fit_probe_head(graph: Graph, calibration: Calibration, progress: bool = Fals
     weight = np.linalg.solve(gram + ridge * np.eye(len(gram)), centered.T @ (targets - target_mean)).T  # (K, C)
     bias = target_mean - weight @ feature_mean  # (K,)
     probe = Linear(classifier.name, classifier.inputs, classifier.output, weight, bias, relu6=False)
-    return Graph(graph.layers[:-1] + [probe], graph.input_name, graph.input_shape, graph.preprocessing)
+    return Graph(graph.layers[:-1] + [probe], graph.input_name, graph.input_shape, graph.preprocessing, graph.blocks)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ def prune_graph(graph: Graph, groups: list[ChannelGroup], kept: dict[str, np.nda
         for layer_name in group.consumers:
             cols[layer_name] = channels
     layers = [_sliced(layer, rows.get(layer.name), cols.get(layer.name)) for layer in graph.layers]
-    return Graph(layers, graph.input_name, graph.input_shape, graph.preprocessing)
+    return Graph(layers, graph.input_name, graph.input_shape, graph.preprocessing, graph.blocks)
 
 
 def _sliced(layer: Layer, rows: np.ndarray | None, cols: np.ndarray | None) -> Layer:

@@ -15,7 +15,7 @@ from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Layer, Linea
 from tinytrain.weights import Preprocessing
 
 FORMAT = "tinytrain-pruned-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the block of each layer
 _LAYER_TYPES = {cls.__name__: cls for cls in (Conv2d, Depthwise, Pointwise, Linear, Add, GlobalAvgPool)}
 
 
@@ -36,6 +36,7 @@ def save_pruned(path: str | Path, graph: Graph, kept: dict[str, np.ndarray], des
         file.attrs["format"] = FORMAT
         file.attrs["format_version"] = FORMAT_VERSION
         file.attrs["layers"] = json.dumps(records)
+        file.attrs["blocks"] = json.dumps(graph.blocks)
         file.attrs["input_name"] = graph.input_name
         file.attrs["input_channels"] = graph.input_shape[0]
         file.attrs["input_mean"] = np.asarray(graph.preprocessing.mean, dtype=np.float64)
@@ -61,8 +62,9 @@ def load_pruned(path: str | Path, resolution: int) -> Graph:
                 raise PrunedModelError(f"{path} is not a tinytrain pruned model (format {file.attrs.get('format')!r})")
             if file.attrs.get("format_version") != FORMAT_VERSION:
                 raise PrunedModelError(f"{path}: format_version {file.attrs.get('format_version')!r}, expected "
-                                       f"{FORMAT_VERSION}")
+                                       f"{FORMAT_VERSION}; prune the model again with scripts/prune_model.py")
             records = json.loads(file.attrs["layers"])
+            blocks = json.loads(file.attrs["blocks"])
             input_name = str(file.attrs["input_name"])
             input_shape = (int(file.attrs["input_channels"]), resolution, resolution)
             preprocessing = Preprocessing(mean=tuple(float(v) for v in file.attrs["input_mean"]),
@@ -79,7 +81,7 @@ def load_pruned(path: str | Path, resolution: int) -> Graph:
         layer = _layer_from_record(record, parameters.get(record["name"]), shapes, preprocessing)
         shapes[layer.output] = layer.output_shape([shapes[name] for name in layer.inputs])
         layers.append(layer)
-    return Graph(layers, input_name, input_shape, preprocessing)
+    return Graph(layers, input_name, input_shape, preprocessing, blocks)
 
 
 def _layer_record(graph: Graph, layer: Layer) -> dict:

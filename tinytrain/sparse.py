@@ -43,7 +43,7 @@ def sparse_layers(graph: Graph, target_fraction: float, first_block: int = 13, r
     fraction of all conv weights updated per step stays within `target_fraction`.
     """
     candidates = [layer for layer in graph.weighted_layers if layer.is_convolution
-                  and _block_index(layer.name) >= first_block
+                  and graph.in_or_after_block(layer.name, first_block)
                   and (include_depthwise or not layer.selects_input_by_output)]
     if not candidates:
         raise ValueError(f"no conv layer at or after block {first_block}")
@@ -71,12 +71,6 @@ def sparse_layers(graph: Graph, target_fraction: float, first_block: int = 13, r
 def _weights_per_channel(layer) -> int:
     """Weights updated when one more input channel (depthwise: channel) of `layer` trains."""
     return int(layer.weight.size // layer.in_channels)
-
-
-def _block_index(name: str) -> int:
-    """features.<i>... -> i; the classifier and pooling come after every block."""
-    parts = name.split(".")
-    return int(parts[1]) if parts[0] == "features" else 10 ** 6
 
 
 class Policy:
@@ -153,7 +147,7 @@ def bias_layers_from(graph: Graph, first_block: int | None) -> tuple[str, ...]:
     if first_block is None:
         return ()
     return tuple(layer.name for layer in graph.weighted_layers
-                 if layer.is_convolution and _block_index(layer.name) >= first_block)
+                 if layer.is_convolution and graph.in_or_after_block(layer.name, first_block))
 
 
 def static_plan(graph: Graph, layers: list[SparseLayer], bias_layers: tuple[str, ...] = ()) -> UpdatePlan:

@@ -78,12 +78,14 @@ def build_mobilenetv2(num_classes: int = 10, resolution: int = 32, width_mult: f
                          padding=padding(size, 3, 2), relu6=True))
     size = layers[-1].output_shape([(3, resolution, resolution)])[1]
     previous = "features.0"
+    blocks = {"features.0": 0}  # layer -> block: the stem is block 0, the head conv one past the last block
     index = 1
     for expansion, out_channels, repeats, first_stride in INVERTED_RESIDUAL_SETTINGS:
         out_channels = make_divisible(out_channels * width_mult)
         for repeat in range(repeats):
             stride = first_stride if repeat == 0 else 1
             block = f"features.{index}"
+            first_layer = len(layers)
             hidden = channels * expansion
             conv = 0  # position of the next conv inside torchvision's block.conv Sequential
             x = previous
@@ -104,13 +106,15 @@ def build_mobilenetv2(num_classes: int = 10, resolution: int = 32, width_mult: f
                 layers.append(Add(f"{block}.add", (previous, output), f"{block}.add"))
                 output = f"{block}.add"
             previous, channels = output, out_channels
+            blocks.update((layer.name, index) for layer in layers[first_layer:])
             index += 1
     head_channels = make_divisible(HEAD_CHANNELS * max(1.0, width_mult))
     weight, bias = parameters.conv(f"features.{index}.0", f"features.{index}.1", (head_channels, channels, 1, 1))
     layers.append(Pointwise(f"features.{index}", (previous,), f"features.{index}", weight[:, :, 0, 0], bias, relu6=True))
+    blocks[f"features.{index}"] = index
     layers.append(GlobalAvgPool("pool", (f"features.{index}",), "pool"))
     # A new head for the new task: N(0, 0.01) weights and zero bias, as torchvision initialises its classifier.
     head_weight = rng.normal(0.0, 0.01, size=(num_classes, head_channels)).astype(np.float32)
     layers.append(Linear("classifier", ("pool",), "classifier", head_weight, np.zeros(num_classes, np.float32),
                          relu6=False))
-    return Graph(layers, "input", (3, resolution, resolution), preprocessing)
+    return Graph(layers, "input", (3, resolution, resolution), preprocessing, blocks)
