@@ -19,7 +19,6 @@ from unittest import mock
 import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import tinytrain.engine as engine_module
@@ -28,10 +27,10 @@ from tinytrain.budget import fit_schedule
 from tinytrain.cpu import cpu_seconds, other_cores_busy
 from tinytrain.engine import SGD, Engine
 from tinytrain.graph import Graph
-from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Linear, Pointwise
 from tinytrain.memory import MEASURING_ARENA_BYTES
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.sparse import make_policy
+from tinytrain.torch_reference import TorchGraph
 
 CASES = ("inference", "dense", "last-k", "dynamic", "dynamic-lean")
 NUM_CLASSES = 10
@@ -74,81 +73,6 @@ def parse_args(argv):
     if args.repeats < 1 or args.warmup < 0 or args.profile_steps < 1 or min(args.resolution) < 1:
         parser.error("--repeats, --profile-steps and --resolution must be positive, --warmup not negative")
     return args
-
-
-# --------------------------------------------------------------------------------------------------------
-# the PyTorch side
-
-
-class TorchMobileNetV2:
-    """The tinytrain graph re-run with torch.nn.functional on copies of its folded parameters.
-
-    The weights and biases of the layers named in `trained` require grad and are what the optimizer steps;
-    autograd then stops, as tinytrain's backward does, at the earliest trained layer.
-    """
-
-    def __init__(self, graph: Graph, trained: set[str]):
-        self.input_name, self.output_name = graph.input_name, graph.output_name
-        self.trained_parameters = []
-        self.ops = []  # (torch function, input names, output name, relu6, tensors that die after this op)
-        last_use = {name: index for index, layer in enumerate(graph.layers) for name in layer.inputs}
-        for index, layer in enumerate(graph.layers):
-            weight = bias = None
-            if layer.has_weight:
-                requires_grad = layer.name in trained
-                weight = torch.tensor(_torch_layout(layer), requires_grad=requires_grad)
-                bias = torch.tensor(layer.bias, requires_grad=requires_grad)
-                if requires_grad:
-                    self.trained_parameters += [weight, bias]
-            dying = tuple(name for name in set(layer.inputs) if last_use[name] == index)
-            self.ops.append((_torch_op(layer, weight, bias), layer.inputs, layer.output, layer.relu6, dying))
-        self.optimizer = torch.optim.SGD(self.trained_parameters, lr=LEARNING_RATE) if trained else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (1, 3, H, W) preprocessed -> logits (1, classes)."""
-        tensors = {self.input_name: x}
-        for op, inputs, output, relu6, dying in self.ops:
-            out = op(*(tensors[name] for name in inputs))
-            tensors[output] = F.relu6(out, inplace=True) if relu6 else out  # in place, as torchvision's ReLU6
-            for name in dying:  # drop dead activations, as a torch.nn.Module forward would
-                del tensors[name]
-        return tensors[self.output_name]
-
-    def train_step(self, x: torch.Tensor, target: torch.Tensor) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.forward(x), target)
-        loss.backward()
-        self.optimizer.step()
-        return loss.item()
-
-
-def _torch_layout(layer) -> np.ndarray:
-    """Weights as F.conv2d takes them, (K, C / groups, kh, kw), so no reshape joins the autograd graph per step."""
-    if isinstance(layer, Depthwise):
-        return layer.weight[:, None]
-    if isinstance(layer, Pointwise):
-        return layer.weight[:, :, None, None]
-    return layer.weight
-
-
-def _torch_op(layer, weight, bias) -> Callable:
-    if isinstance(layer, Add):
-        return torch.add
-    if isinstance(layer, GlobalAvgPool):
-        return lambda x: x.mean(dim=(2, 3))
-    if isinstance(layer, Linear):
-        return lambda x: F.linear(x, weight, bias)
-    if isinstance(layer, Pointwise):
-        return lambda x: F.conv2d(x, weight, bias)
-    if isinstance(layer, Conv2d):  # the stem, and depthwise as a grouped conv
-        groups = weight.shape[0] if isinstance(layer, Depthwise) else 1
-        top, left, bottom, right = layer.padding
-        if (top, left) == (bottom, right):
-            return lambda x: F.conv2d(x, weight, bias, layer.stride, (top, left), 1, groups)
-        # TF "SAME" pads one more pixel after than before at stride 2; F.conv2d pads both sides alike
-        padding = (left, right, top, bottom)
-        return lambda x: F.conv2d(F.pad(x, padding), weight, bias, layer.stride, 0, 1, groups)
-    raise TypeError(f"no torch version of {type(layer).__name__}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -195,17 +119,18 @@ def run_case(case: str, graph: Graph, engine: Engine, image: np.ndarray, x: torc
     # The torch model copies the graph's weights as they are now, before tinytrain's steps of this case change
     # them, so both first calls start from the same parameters and their outputs can be compared.
     if case == "inference":
-        model = TorchMobileNetV2(graph, trained=set())
+        model = TorchGraph(graph, trained=set())
 
         def tinytrain_call(step):
             return engine.infer(image)[graph.output_name]
 
         def torch_call(step):
             with torch.inference_mode():
-                return model.forward(x)[0].numpy()
+                return model.logits(x)[0].numpy()
     else:
         policy = make_policy(case.removesuffix("-lean"), graph, seed=args.seed)
-        model = TorchMobileNetV2(graph, trained=set(policy.plan(0, 0).updates))
+        model = TorchGraph(graph, trained=set(policy.plan(0, 0).updates))
+        optimizer = torch.optim.SGD(model.trained_parameters, lr=LEARNING_RATE)
         sgd = SGD(lr=LEARNING_RATE)
         # The label cycles with the step so that the loss never collapses to 0 on the one repeated image: a
         # vanishing gradient would drift into float32 denormals, slow on x86, and time what no real run does.
@@ -215,7 +140,7 @@ def run_case(case: str, graph: Graph, engine: Engine, image: np.ndarray, x: torc
             return engine.train_step(image, step % NUM_CLASSES, policy.plan(step, 0), sgd).loss
 
         def torch_call(step):
-            return model.train_step(x, targets[step % NUM_CLASSES])
+            return model.train_step(x, targets[step % NUM_CLASSES], optimizer)
     tinytrain_timing, tinytrain_first = time_calls(tinytrain_call, args.warmup, args.repeats,
                                                    f"tinytrain {case} {resolution}px")
     torch_timing, torch_first = time_calls(torch_call, args.warmup, args.repeats, f"torch {case} {resolution}px")

@@ -9,10 +9,10 @@ from tinytrain.engine import SGD, Engine, NonFiniteLoss
 from tinytrain.memory import measure_training_step
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.plan import UpdatePlan, full_update
+from tinytrain.torch_reference import TorchGraph
 from tinytrain.weights import load_pretrained
 
 from reference_mobilenetv2 import build_reference
-from torch_graph import TorchGraph
 
 BIG_ARENA = 64 << 20
 
@@ -115,7 +115,7 @@ def test_sgd_step_changes_weights_like_torch_sgd(cifar_image):
     x = preprocess(cifar_image, graph)
     torch_graph = TorchGraph(graph)
     _, reference = torch_graph.gradients(x, label=5)
-    before = {name: p.detach().numpy().copy() for name, p in torch_graph.parameters.items()}
+    before = torch_graph.tinytrain_values()
     lr = 0.01
     Engine(graph, Arena(BIG_ARENA)).train_step(x, 5, UpdatePlan.dense(graph), SGD(lr=lr))
     for layer in graph.weighted_layers:

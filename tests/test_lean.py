@@ -13,10 +13,10 @@ from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.oplog import ArenaCorruption
 from tinytrain.patches import plan_patch_stage
 from tinytrain.plan import LAYER_BY_LAYER, MemorySchedule, PatchSpec, UpdatePlan
+from tinytrain.torch_reference import TorchGraph
 from tinytrain.train import TrainConfig, training_policy
 from tinytrain.weights import load_pretrained
 
-from torch_graph import TorchGraph
 
 
 def lean_schedule(graph, grids=((5, 5), (4, 4))) -> MemorySchedule:

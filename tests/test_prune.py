@@ -18,8 +18,8 @@ from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.prune import (GROUP_KINDS, Calibration, calibration_set, channels_to_keep, find_channel_groups,
                              fit_probe_head, l2_importance, prune_graph, stage_count, taylor_importance)
 from tinytrain.pruned_model import PrunedModelError, load_pruned, save_pruned
+from tinytrain.torch_reference import TorchGraph
 
-from torch_graph import TorchGraph
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ from tinytrain.memory import measure_training_step
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.plan import LayerUpdate, UpdatePlan, full_update
 from tinytrain.sparse import Coverage, conv_weight_fraction, make_policy, sparse_layers
+from tinytrain.torch_reference import TorchGraph
 
-from torch_graph import TorchGraph
 
 BIG_ARENA = 64 << 20
 
@@ -75,7 +75,7 @@ def test_sparse_step_matches_torch_sgd_restricted_to_the_same_channels(image):
     preprocessed = ((image.transpose(2, 0, 1) / 255.0 - 0.5) / 0.5).astype(np.float32)
     torch_graph = TorchGraph(graph)
     _, reference = torch_graph.gradients(preprocessed, label=7)
-    before = {name: p.detach().numpy().copy() for name, p in torch_graph.parameters.items()}
+    before = torch_graph.tinytrain_values()
     lr = 0.05
     Engine(graph, Arena(BIG_ARENA)).train_step(image, 7, plan, SGD(lr=lr))
     for layer in graph.weighted_layers:
