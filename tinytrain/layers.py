@@ -97,10 +97,9 @@ class WeightedLayer(Layer):
         bias_backward(dbias, dout.reshape(dout.shape[0], -1), out_channels)
 
 
-class Conv2d(WeightedLayer):
-    """Dense k x k convolution (the stem). weight (K, C, kh, kw); padding (top, left, bottom, right)."""
-
-    op_type = "conv2d"
+class SpatialConv(WeightedLayer):
+    """What a dense and a depthwise k x k convolution share: a stride and a padding (top, left, bottom, right), so
+    an output shape, MACs and a forward that a tile of the input can run with padding of its own origin."""
 
     def __init__(self, name, inputs, output, weight, bias, stride: int, padding: tuple[int, int, int, int], relu6):
         super().__init__(name, inputs, output, weight, bias, relu6)
@@ -123,6 +122,15 @@ class Conv2d(WeightedLayer):
 
     def forward_padded(self, out, x, pad_top, pad_left):
         """The forward with the padding of another origin: a tile of the input has its own (see patches.py)."""
+        raise NotImplementedError
+
+
+class Conv2d(SpatialConv):
+    """Dense k x k convolution (the stem). weight (K, C, kh, kw)."""
+
+    op_type = "conv2d"
+
+    def forward_padded(self, out, x, pad_top, pad_left):
         conv2d_forward(out, x, self.weight, self.bias, self.stride, pad_top, pad_left)
 
     def backward_input(self, dx, dout, accumulate):
@@ -132,7 +140,7 @@ class Conv2d(WeightedLayer):
         conv2d_backward_weight(dweight, dout, saved_input, out_channels, self.stride, self.padding[0], self.padding[1])
 
 
-class Depthwise(Conv2d):
+class Depthwise(SpatialConv):
     """Depthwise k x k convolution. weight (C, kh, kw); channel c reads only input channel c."""
 
     op_type = "depthwise"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinytrain.graph import Graph
-from tinytrain.layers import Add, Conv2d, Pointwise
+from tinytrain.layers import Add, Pointwise, SpatialConv
 from tinytrain.oplog import OpLog
 
 _NO_MASK = np.zeros(0, dtype=np.uint8)  # frozen layers keep no ReLU6 mask
@@ -100,7 +100,7 @@ def patch_boundaries(graph: Graph) -> list[int]:
     boundaries = [0]
     produced = [graph.input_name]
     for index, layer in enumerate(graph.layers):
-        if not isinstance(layer, (Conv2d, Pointwise, Add)):
+        if not isinstance(layer, (SpatialConv, Pointwise, Add)):
             break
         produced.append(layer.output)
         if all(last_read.get(name, -1) <= index for name in produced[:-1]):
@@ -134,7 +134,7 @@ def plan_patch_stage(graph: Graph, first_layer: int, end_layer: int, grid: tuple
 
 def _input_need(layer, region: Region, input_shape) -> Region:
     """The region of the layer's input that its output `region` reads."""
-    if not isinstance(layer, Conv2d):  # pointwise and add read the same pixels
+    if not isinstance(layer, SpatialConv):  # pointwise and add read the same pixels
         return region
     _, height, width = input_shape
     kernel_h, kernel_w = layer.weight.shape[-2:]
@@ -162,7 +162,7 @@ def _plan_tile(graph: Graph, layers, source: str, output_region: Region) -> Tile
         inputs = [actual[name] for name in layer.inputs]
         pad_top = pad_left = 0
         offsets = ()
-        if isinstance(layer, Conv2d):
+        if isinstance(layer, SpatialConv):
             region = need[layer.output]
             pad_top = layer.padding[0] - region.top * layer.stride + inputs[0].top
             pad_left = layer.padding[1] - region.left * layer.stride + inputs[0].left
@@ -205,7 +205,7 @@ def run_patch_stage(stage: PatchStage, graph: Graph, arena, source: np.ndarray, 
             start = op_log.start() if op_log else 0
             out = arena.alloc(f"{layer.output}.tile", (graph.shapes[layer.output][0], step.region.height,
                                                        step.region.width), np.float32, "activation")
-            if isinstance(layer, Conv2d):
+            if isinstance(layer, SpatialConv):
                 layer.forward_padded(out, inputs[0], step.pad_top, step.pad_left)
             elif isinstance(layer, Pointwise):
                 layer.forward(out, inputs[0])

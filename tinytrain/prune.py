@@ -33,8 +33,7 @@ GROUP_KINDS = ("expanded", "block_output", "head")
 DEFAULT_GROUP_KINDS = ("expanded",)
 
 _CHANNEL_PRESERVING = (Depthwise, Add, GlobalAvgPool)  # output channel c is made from input channel c only
-_CHANNEL_MIXING = (Conv2d, Pointwise, Linear)  # output channels sum over all input channels; Depthwise, a Conv2d
-# subclass, is always tested against _CHANNEL_PRESERVING first
+_CHANNEL_MIXING = (Conv2d, Pointwise, Linear)  # output channels sum over all input channels
 
 
 @dataclass(frozen=True)

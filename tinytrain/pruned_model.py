@@ -11,7 +11,8 @@ import numpy as np
 from tinytrain.atomic import atomic_path
 from tinytrain.checkpoint import write_parameters
 from tinytrain.graph import Graph
-from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Layer, Linear, Pointwise, Shape, conv_padding
+from tinytrain.layers import (Add, Conv2d, Depthwise, GlobalAvgPool, Layer, Linear, Pointwise, Shape, SpatialConv,
+                              conv_padding)
 from tinytrain.weights import Preprocessing
 
 FORMAT = "tinytrain-pruned-model"
@@ -90,7 +91,7 @@ def _layer_record(graph: Graph, layer: Layer) -> dict:
     record = {"type": type(layer).__name__, "name": layer.name, "inputs": list(layer.inputs), "output": layer.output}
     if layer.has_weight:
         record["relu6"] = bool(layer.relu6)
-    if isinstance(layer, Conv2d):
+    if isinstance(layer, SpatialConv):
         size = graph.shapes[layer.inputs[0]][1]
         if layer.padding != conv_padding(graph.preprocessing.padding, size, layer.weight.shape[-1], layer.stride):
             raise ValueError(f"{layer.name}: padding {layer.padding} does not follow the {graph.preprocessing.padding} "
@@ -106,7 +107,7 @@ def _layer_from_record(record: dict, parameters: tuple[np.ndarray, np.ndarray] |
     if not cls.has_weight:
         return cls(name, inputs, output)
     weight, bias = parameters
-    if issubclass(cls, Conv2d):
+    if issubclass(cls, SpatialConv):
         stride = record["stride"]
         padding = conv_padding(preprocessing.padding, shapes[inputs[0]][1], weight.shape[-1], stride)
         return cls(name, inputs, output, weight, bias, stride=stride, padding=padding, relu6=record["relu6"])

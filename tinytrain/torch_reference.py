@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from tinytrain.graph import Graph
-from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Linear, Pointwise
+from tinytrain.layers import Add, Depthwise, GlobalAvgPool, Linear, Pointwise, SpatialConv
 
 
 def _torch_layout(layer) -> np.ndarray:
@@ -34,7 +34,7 @@ def _torch_op(layer, weight, bias) -> Callable:
         return lambda x: F.linear(x, weight, bias)
     if isinstance(layer, Pointwise):
         return lambda x: F.conv2d(x, weight, bias)
-    if isinstance(layer, Conv2d):  # the stem, and depthwise as a grouped conv
+    if isinstance(layer, SpatialConv):  # the stem, and depthwise as a grouped conv
         groups = weight.shape[0] if isinstance(layer, Depthwise) else 1
         top, left, bottom, right = layer.padding
         if (top, left) == (bottom, right):
