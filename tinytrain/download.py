@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Callable
 
 from tqdm import tqdm
+
+from tinytrain.atomic import atomic_path
 
 CHUNK_BYTES = 1 << 20
 TIMEOUT_SECONDS = 60
@@ -22,37 +22,27 @@ def download(url: str, target: str | Path, algorithm: str, verify: Verifier, err
              progress: bool = True) -> str:
     """Fetch `url` to `target` and return its digest; `target` only ever appears complete and verified.
 
-    The temp file sits in the target's folder, so os.replace is atomic; any failure removes it and raises
-    `error_type(target, problem)` naming the URL.
+    The bytes go through atomic_path; any failure leaves no file and raises `error_type(target, problem)` naming
+    the URL.
     """
     target = Path(target)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    except OSError as error:
-        raise error_type(target, f"cannot write the download of {url} here ({error})") from error
-    try:
-        digest = hashlib.new(algorithm, usedforsecurity=False)
-        nbytes = 0
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {target.name}",
-                      disable=not progress) as bar:
-                for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    nbytes += len(chunk)
-                    bar.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-        actual = digest.hexdigest()
-        problem = verify(actual, nbytes)
-        if problem is not None:
-            raise error_type(target, f"download of {url} {problem}")
-        os.chmod(temp_name, 0o644)  # mkstemp makes it private; published weights and datasets are no secret
-        os.replace(temp_name, target)
+        with atomic_path(target) as temporary:
+            digest = hashlib.new(algorithm, usedforsecurity=False)
+            nbytes = 0
+            with open(temporary, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {target.name}",
+                          disable=not progress) as bar:
+                    for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        nbytes += len(chunk)
+                        bar.update(len(chunk))
+            actual = digest.hexdigest()
+            problem = verify(actual, nbytes)
+            if problem is not None:
+                raise error_type(target, f"download of {url} {problem}")
         return actual
     except OSError as error:  # urllib's URLError and HTTPError are OSErrors too
         raise error_type(target, f"download of {url} failed ({error})") from error
-    finally:
-        Path(temp_name).unlink(missing_ok=True)
