@@ -7,12 +7,8 @@ import numpy as np
 from tinytrain.graph import Graph
 from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Linear, Pointwise, conv_padding
 from tinytrain.weights import PretrainedWeights, Preprocessing
-
-# (expansion t, output channels c, repeats n, first stride s), Sandler et al. 2018, Table 2
-INVERTED_RESIDUAL_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                              (6, 160, 3, 2), (6, 320, 1, 1))
-STEM_CHANNELS = 32
-HEAD_CHANNELS = 1280
+# The block table (Sandler et al. 2018, Table 2) is the one the weight importers name their tensors by.
+from tinytrain.weights.layout import HEAD_CHANNELS, INVERTED_RESIDUAL_SETTINGS, STEM_CHANNELS
 
 # Inputs of randomly initialised models are scaled like the TF-slim checkpoint's: [-1, 1].
 RANDOM_INIT_PREPROCESSING = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), bn_eps=1e-3, padding="tf_same")
