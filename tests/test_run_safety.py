@@ -72,6 +72,12 @@ def test_resume_needs_a_checkpoint_and_names_every_setting_that_changed(tmp_path
         Trainer(changed, tmp_path, data_dir=tmp_path / "no-data", resume=True)
 
 
+def test_a_new_run_never_overwrites_the_checkpoint_of_another(tmp_path):
+    write_checkpoint(tmp_path, TrainConfig(resolution=32, train_subset=100), 50)
+    with pytest.raises(ConfigError, match="already holds a run .*continue it with --resume"):
+        Trainer(TrainConfig(resolution=32, train_subset=100), tmp_path, data_dir=tmp_path / "no-data")
+
+
 def run_cli(capsys, *argv):
     status = finetune_cifar().main(list(argv))
     captured = capsys.readouterr()

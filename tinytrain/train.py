@@ -136,7 +136,7 @@ def prepare_output_dir(output_dir: Path) -> None:
 
 
 def config_differences(saved: dict, config: TrainConfig) -> list[str]:
-    """'key: saved -> now' for every setting that differs from a checkpoint's."""
+    """'key: saved in the checkpoint, current now' for every setting that differs from a checkpoint's."""
     current = asdict(config)
     return [f"{key.replace('_', '-')}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
             for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
@@ -164,6 +164,9 @@ class Trainer:
         prepare_output_dir(self.output_dir)
         if resume:
             self._check_resume()
+        elif self.checkpoint_path.exists():  # a new run would overwrite it at its first checkpoint
+            raise ConfigError(f"--output-dir {self.output_dir} already holds a run ({self.checkpoint_path}); continue "
+                              "it with --resume, or choose another --output-dir (or delete that one to start over)")
         self.data_root = resolve_data_dir(data_dir)
         if config.model is None:
             weights = load_pretrained(data_dir=self.data_root, cache_dir=cache_dir)
