@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinytrain.layers import Layer, Shape
-from tinytrain.weights import Preprocessing
+from tinytrain.preprocessing import Preprocessing
 
 
 class Graph:

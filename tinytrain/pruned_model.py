@@ -13,7 +13,7 @@ from tinytrain.checkpoint import write_parameters
 from tinytrain.graph import Graph
 from tinytrain.layers import (Add, Conv2d, Depthwise, GlobalAvgPool, Layer, Linear, Pointwise, Shape, SpatialConv,
                               conv_padding)
-from tinytrain.weights import Preprocessing
+from tinytrain.preprocessing import Preprocessing
 
 FORMAT = "tinytrain-pruned-model"
 FORMAT_VERSION = 2  # 2 added the block of each layer

@@ -6,7 +6,8 @@ import numpy as np
 
 from tinytrain.graph import Graph
 from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Linear, Pointwise, conv_padding
-from tinytrain.weights import PretrainedWeights, Preprocessing
+from tinytrain.preprocessing import Preprocessing
+from tinytrain.weights import PretrainedWeights
 # The block table (Sandler et al. 2018, Table 2) is the one the weight importers name their tensors by.
 from tinytrain.weights.layout import HEAD_CHANNELS, INVERTED_RESIDUAL_SETTINGS, STEM_CHANNELS
 
