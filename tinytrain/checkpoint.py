@@ -11,10 +11,11 @@ import numpy as np
 
 from tinytrain.atomic import atomic_path
 from tinytrain.graph import Graph
+from tinytrain.hdf5_heap import check_global_heaps
 
 FORMAT = "tinytrain-checkpoint"
 FORMAT_VERSION = 2  # 2 added the running sums of the unfinished epoch and the training time
-READ_ERRORS = (OSError, RuntimeError, KeyError, TypeError, ValueError)  # what h5py and json raise on a damaged file
+READ_ERRORS = (OSError, RuntimeError, KeyError, TypeError, ValueError)  # h5py, json and check_global_heaps on damage
 
 
 class CheckpointError(Exception):
@@ -49,6 +50,7 @@ def read_progress(path: Path) -> tuple[int, dict]:
         raise CheckpointError(f"no checkpoint at {path}; start the run without --resume, or point --output-dir at the "
                               "run to continue")
     try:
+        check_global_heaps(path)  # first: one kind of damage would hang h5py for good
         with h5py.File(path, "r") as file:
             if file.attrs.get("format") != FORMAT:
                 raise CheckpointError(f"{path} is not a tinytrain checkpoint; point --output-dir at a run's folder")
@@ -89,6 +91,7 @@ def load_checkpoint(path: Path, graph: Graph, steps_per_epoch: int | None = None
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; start the run without --resume")
     try:
+        check_global_heaps(path)
         with h5py.File(path, "r") as file:
             if file.attrs.get("format") != FORMAT:
                 raise CheckpointError(f"{path} is not a tinytrain checkpoint")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
-import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -241,9 +240,13 @@ def _unpickle(raw: bytes, origin: str):
 def _label_names(meta, origin: str) -> tuple[str, ...]:
     names = meta.get(b"label_names") if isinstance(meta, dict) else None
     if not (
-        isinstance(names, list) and len(names) == len(LABEL_NAMES) and all(isinstance(name, bytes) for name in names)
+        isinstance(names, list)
+        and len(names) == len(LABEL_NAMES)
+        and all(isinstance(name, bytes) and name.isascii() for name in names)
     ):
-        raise DataFormatError(origin, f"not CIFAR-10's batches.meta: no b'label_names' list of {len(LABEL_NAMES)}")
+        raise DataFormatError(
+            origin, f"not CIFAR-10's batches.meta: no b'label_names' list of {len(LABEL_NAMES)} ASCII names"
+        )
     return tuple(name.decode("ascii") for name in names)
 
 
@@ -282,8 +285,11 @@ def _order_labels(file: Path, split: str) -> np.ndarray:
     try:
         with np.load(file) as arrays:  # no allow_pickle: plain arrays only
             labels = arrays[f"{split}_labels"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        raise DataFormatError(file, f"cannot read {split}_labels ({type(error).__name__}: {error})") from error
+    except Exception as error:  # a damaged .npz fails in zipfile, a decompressor or NumPy's header parser, many ways
+        raise DataFormatError(
+            file, f"cannot read {split}_labels ({type(error).__name__}: {error}); put a fresh copy in its place, or "
+            "delete it to fall back to class-major order"
+        ) from error
     if labels.dtype != np.uint8 or labels.ndim != 1 or (labels.size and labels.max() >= len(LABEL_NAMES)):
         raise DataFormatError(file, f"{split}_labels must be uint8 (N,) in 0..9, got {labels.dtype} {labels.shape}")
     return labels

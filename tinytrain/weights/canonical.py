@@ -9,7 +9,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import WeightsFormatError, WeightsTensorError
+from tinytrain.hdf5_heap import check_global_heaps
+
+from .errors import HDF5_READ_ERRORS, WeightsFormatError, WeightsTensorError
 from .layout import expected_shapes
 from .types import SOURCES, Preprocessing, PretrainedWeights
 
@@ -74,39 +76,48 @@ def load_canonical(path: str | Path) -> PretrainedWeights:
     """Read a file written by save_canonical; any problem raises a WeightsError naming the file (and tensor)."""
     path = Path(path)
     try:
-        f = h5py.File(path, "r")
-    except OSError as error:
-        raise WeightsFormatError(path, f"not a readable HDF5 file ({error})") from error
-    with f:
-        attrs = dict(f.attrs)
-        if attrs.get("format") != FORMAT:
-            raise WeightsFormatError(path, f"format attribute is {attrs.get('format')!r}, expected {FORMAT!r}")
-        if attrs.get("format_version") != FORMAT_VERSION:
-            raise WeightsFormatError(path, f"format_version {attrs.get('format_version')!r}, expected {FORMAT_VERSION}")
+        check_global_heaps(path)  # first: one kind of damage would hang h5py for good
+        with h5py.File(path, "r") as f:
+            weights = _read_weights(path, f)
+    except HDF5_READ_ERRORS as error:
+        raise WeightsFormatError(
+            path, f"not a readable HDF5 file, truncated or corrupt ({type(error).__name__}: {error}); delete it, and "
+            "load_pretrained imports the published weights again"
+        ) from error
+    check_tensors(weights.tensors, path)
+    return weights
+
+
+def _read_weights(path: Path, f: h5py.File) -> PretrainedWeights:
+    """The weights in the open file, with its format, attributes and set of tensors checked (not their values)."""
+    attrs = dict(f.attrs)
+    if attrs.get("format") != FORMAT:
+        raise WeightsFormatError(path, f"format attribute is {attrs.get('format')!r}, expected {FORMAT!r}")
+    if attrs.get("format_version") != FORMAT_VERSION:
+        raise WeightsFormatError(path, f"format_version {attrs.get('format_version')!r}, expected {FORMAT_VERSION}")
+    try:
+        preprocessing = Preprocessing(
+            mean=tuple(float(v) for v in attrs["input_mean"]),
+            std=tuple(float(v) for v in attrs["input_std"]),
+            bn_eps=float(attrs["bn_eps"]),
+            padding=str(attrs["padding"]),
+        )
+        name, source, source_sha256 = str(attrs["name"]), str(attrs["source"]), str(attrs["source_sha256"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise WeightsFormatError(path, f"bad or missing root attribute ({error!r})") from error
+    if source not in SOURCES:
+        raise WeightsFormatError(path, f"source {source!r} is not one of {SOURCES}")
+    tensors = {}
+    for key in expected_shapes():
+        if key not in f:
+            raise WeightsTensorError(path, key, "missing")
         try:
-            preprocessing = Preprocessing(
-                mean=tuple(float(v) for v in attrs["input_mean"]),
-                std=tuple(float(v) for v in attrs["input_std"]),
-                bn_eps=float(attrs["bn_eps"]),
-                padding=str(attrs["padding"]),
-            )
-            name, source, source_sha256 = str(attrs["name"]), str(attrs["source"]), str(attrs["source_sha256"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise WeightsFormatError(path, f"bad or missing root attribute ({error!r})") from error
-        if source not in SOURCES:
-            raise WeightsFormatError(path, f"source {source!r} is not one of {SOURCES}")
-        tensors = {}
-        for key in expected_shapes():
-            if key not in f:
-                raise WeightsTensorError(path, key, "missing")
-            try:
-                tensors[key] = f[key][()]
-            except (OSError, KeyError) as error:  # a truncated file fails here, on the first chunk it cannot read
-                raise WeightsTensorError(path, key, f"unreadable ({error})") from error
-        extra = sorted(set(_dataset_names(f)) - set(tensors))
-        if extra:
-            raise WeightsTensorError(path, extra[0], "not a MobileNetV2-1.0 backbone tensor")
-    check_tensors(tensors, path)
+            tensors[key] = f[key][()]
+        except HDF5_READ_ERRORS as error:  # a truncated file fails here, on the first chunk it cannot read
+            raise WeightsTensorError(path, key, f"unreadable ({error})") from error
+    extra = sorted(set(_dataset_names(f)) - set(tensors))
+    if extra:
+        raise WeightsTensorError(path, extra[0], "not a MobileNetV2-1.0 backbone tensor")
     return PretrainedWeights(name, source, preprocessing, tensors, source_sha256)
 
 

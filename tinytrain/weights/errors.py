@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# What h5py raises on a damaged file: OSError mostly, RuntimeError from some metadata lookups, KeyError for an object
+# that is not there, ValueError or TypeError for a malformed name, type or attribute (UnicodeDecodeError among them);
+# and hdf5_heap.check_global_heaps raises ValueError.
+HDF5_READ_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+
 
 class WeightsError(Exception):
     """Base class: something is wrong with a weights file or folder; `path` says which."""

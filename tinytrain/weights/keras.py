@@ -20,9 +20,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tinytrain.hdf5_heap import check_global_heaps
+
 from .canonical import check_tensors
 from .checksum import sha256_file
-from .errors import WeightsFormatError, WeightsTensorError
+from .errors import HDF5_READ_ERRORS, WeightsFormatError, WeightsTensorError
 from .layout import BN_STATS, UNITS, torch_weight_from_tf
 from .tfslim import NAME
 from .types import TF_PREPROCESSING, PretrainedWeights
@@ -32,30 +34,39 @@ def import_keras_h5(path: str | Path) -> PretrainedWeights:
     """Read the Keras .h5 at `path` into the canonical form (same values and preprocessing as the TF-slim import)."""
     path = Path(path)
     try:
-        f = h5py.File(path, "r")
-    except OSError as error:
-        raise WeightsFormatError(path, f"not a readable HDF5 file, truncated or corrupt ({error})") from error
-    with f:
-        root = f["model_weights"] if "model_weights" in f else f
-        layer_names = set(_string_list_attribute(root, "layer_names"))
-        if not layer_names:
-            raise WeightsFormatError(path, "no layer_names attribute: not a Keras weights file")
-        backend = _decode(root.attrs.get("backend", b"tensorflow"))
-        if backend != "tensorflow":  # Theano-saved kernels are flipped; these weights never existed in that form
-            raise WeightsFormatError(path, f"saved by the {backend!r} backend; only 'tensorflow' files are supported")
-        tensors: dict[str, np.ndarray] = {}
-        for unit in UNITS:
-            key = f"{unit.torch_conv}.weight"
-            variables = _read_layer(path, root, layer_names, unit.keras_conv, key)
-            variable = "depthwise_kernel" if unit.depthwise else "kernel"
-            kernel = _take(path, variables, variable, key, unit.tf_weight_shape)
-            tensors[key] = torch_weight_from_tf(kernel, unit.depthwise)
-            variables = _read_layer(path, root, layer_names, unit.keras_bn, f"{unit.torch_bn}.*")
-            for torch_stat, keras_stat in BN_STATS.items():
-                key = f"{unit.torch_bn}.{torch_stat}"
-                tensors[key] = _take(path, variables, keras_stat, key, (unit.out_channels,))
+        check_global_heaps(path)  # first: one kind of damage would hang h5py for good
+        with h5py.File(path, "r") as f:
+            tensors = _read_tensors(path, f)
+    except HDF5_READ_ERRORS as error:
+        raise WeightsFormatError(
+            path, f"not a readable HDF5 file, truncated or corrupt ({type(error).__name__}: {error}); "
+            "delete it and download it again"
+        ) from error
     check_tensors(tensors, path)
     return PretrainedWeights(NAME, "keras-h5", TF_PREPROCESSING, tensors, sha256_file(path))
+
+
+def _read_tensors(path: Path, f: h5py.File) -> dict[str, np.ndarray]:
+    """Every backbone tensor of the open file, by canonical key, kernels already in torch layouts."""
+    root = f["model_weights"] if "model_weights" in f else f
+    layer_names = set(_string_list_attribute(root, "layer_names"))
+    if not layer_names:
+        raise WeightsFormatError(path, "no layer_names attribute: not a Keras weights file")
+    backend = _decode(root.attrs.get("backend", b"tensorflow"))
+    if backend != "tensorflow":  # Theano-saved kernels are flipped; these weights never existed in that form
+        raise WeightsFormatError(path, f"saved by the {backend!r} backend; only 'tensorflow' files are supported")
+    tensors: dict[str, np.ndarray] = {}
+    for unit in UNITS:
+        key = f"{unit.torch_conv}.weight"
+        variables = _read_layer(path, root, layer_names, unit.keras_conv, key)
+        variable = "depthwise_kernel" if unit.depthwise else "kernel"
+        kernel = _take(path, variables, variable, key, unit.tf_weight_shape)
+        tensors[key] = torch_weight_from_tf(kernel, unit.depthwise)
+        variables = _read_layer(path, root, layer_names, unit.keras_bn, f"{unit.torch_bn}.*")
+        for torch_stat, keras_stat in BN_STATS.items():
+            key = f"{unit.torch_bn}.{torch_stat}"
+            tensors[key] = _take(path, variables, keras_stat, key, (unit.out_channels,))
+    return tensors
 
 
 def _read_layer(
@@ -72,7 +83,7 @@ def _read_layer(
         variable = weight_name.rsplit("/", 1)[-1].split(":", 1)[0]  # "Conv1/kernel:0" -> "kernel"
         try:
             variables[variable] = (full_name, np.asarray(group[weight_name][()]))
-        except (KeyError, OSError) as error:  # listed but absent, or in a truncated part of the file
+        except HDF5_READ_ERRORS as error:  # listed but absent, or in a damaged part of the file
             raise WeightsTensorError(path, full_name, f"unreadable ({error})") from error
     return variables
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,10 @@ from .types import TF_PREPROCESSING, PretrainedWeights
 NAME = "mobilenet_v2_1.0_224"
 SUMS_FILE = "SHA256SUMS"
 _SUMS_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")  # sha256sum's output: "<hex>  <name>" or "<hex> *<name>"
+# What np.load raises on a damaged .npy: a short read, a header it cannot parse (tokenize.TokenError comes from NumPy's
+# second try, which re-tokenizes the header as a Python 2 one) or a shape too large to allocate.
+NPY_READ_ERRORS = (ValueError, OSError, EOFError, tokenize.TokenError, MemoryError)
+REFETCH = "copy the folder again from its source (weights/manifest.json)"
 
 
 def import_tfslim_npy(folder: str | Path) -> PretrainedWeights:
@@ -44,8 +49,12 @@ def verify_sha256sums(folder: Path) -> set[str]:
     sums_path = folder / SUMS_FILE
     if not sums_path.is_file():
         raise WeightsFormatError(folder, f"no {SUMS_FILE} in the folder, so its files cannot be verified")
+    try:
+        lines = sums_path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise WeightsFormatError(sums_path, f"not UTF-8 text, so damaged ({error}); {REFETCH}") from error
     verified = set()
-    for line_number, line in enumerate(sums_path.read_text().splitlines(), start=1):
+    for line_number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         match = _SUMS_LINE.match(line)
@@ -70,10 +79,14 @@ def _load_npy(folder: Path, file_name: str, key: str, shape: tuple[int, ...], ve
         raise WeightsFormatError(path, f"not listed in {SUMS_FILE}, so it cannot be verified")
     try:
         array = np.load(path, allow_pickle=False)  # never unpickle: these files are plain arrays
-    except (ValueError, OSError, EOFError) as error:
-        raise WeightsFormatError(path, f"not a readable .npy file, truncated or corrupt ({error})") from error
+    except NPY_READ_ERRORS as error:
+        raise WeightsFormatError(
+            path, f"not a readable .npy file, truncated or corrupt ({type(error).__name__}: {error}); {REFETCH}"
+        ) from error
     if array.shape != shape:
         raise WeightsTensorError(path, key, f"shape {array.shape}, expected {shape} (TF layout)")
     if array.dtype != np.float32:
         raise WeightsTensorError(path, key, f"dtype {array.dtype}, expected float32")
+    if not np.isfinite(array).all():  # check_tensors would too, but could name only the folder
+        raise WeightsTensorError(path, key, f"holds NaN or infinite values; {REFETCH}")
     return array

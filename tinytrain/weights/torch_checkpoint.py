@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import struct
 import zipfile
@@ -172,9 +173,14 @@ def read_torch_checkpoint(path: str | Path) -> Any:
         IndexError,
         KeyError,
         RecursionError,
+        OverflowError,
+        MemoryError,
     ) as error:
-        # Truncated or corrupt files surface as any of these, from deep inside pickle or zipfile.
-        raise WeightsFormatError(path, f"not a readable torch checkpoint, truncated or corrupt ({error!r})") from error
+        # Truncated or corrupt files surface as any of these, from deep inside pickle or zipfile; the last two from a
+        # damaged length that asks for more bytes than there are.
+        raise WeightsFormatError(
+            path, f"not a readable torch checkpoint, truncated or corrupt ({error!r}); delete it and download it again"
+        ) from error
 
 
 def _read_zip(path: Path) -> Any:
@@ -253,6 +259,13 @@ def _tensor_array(ref: TensorRef, storage: np.ndarray, path: Path) -> np.ndarray
     start = ref.storage.offset + ref.offset
     if 0 in ref.shape:
         return np.zeros(ref.shape, dtype=storage.dtype.newbyteorder("="))
+    # Overlapping strides (torch's expand) let a few stored values stand for any number of elements; a state dict has
+    # none, and refusing them keeps a damaged size from making one tensor larger than the file.
+    if math.prod(ref.shape) > ref.storage.numel:
+        raise WeightsFormatError(
+            path, f"a tensor of shape {ref.shape} has more elements than storage {ref.storage.key!r} "
+            f"({ref.storage.numel}); overlapping (expanded) tensors are not supported"
+        )
     last = start + sum((size - 1) * stride for size, stride in zip(ref.shape, ref.stride))
     # as_strided trusts its arguments, so a crafted file must not be able to point it outside the storage.
     if last >= ref.storage.offset + ref.storage.numel:
