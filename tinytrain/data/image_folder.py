@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import tarfile
-import tempfile
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -23,6 +21,8 @@ import numpy as np
 import PIL
 from PIL import Image
 from tqdm import tqdm
+
+from tinytrain.atomic import atomic_path
 
 from .errors import DataFormatError, DataNotFoundError
 
@@ -251,19 +251,9 @@ def _read_cache(file: Path, height: int, width: int, num_classes: int) -> tuple[
 
 
 def _write_cache(file: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """Atomic (temp file + os.replace), so a reader never sees half a cache; a read-only cache costs a decode."""
+    """Atomic (see atomic_path), so a reader never sees half a cache; a read-only cache costs a decode."""
     try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".part")
-    except OSError as error:
-        warnings.warn(f"could not cache the decoded images in {file.parent}: {error}", stacklevel=3)
-        return
-    try:
-        with os.fdopen(handle, "wb") as out:
+        with atomic_path(file) as temporary, open(temporary, "wb") as out:
             np.savez(out, images=images, labels=labels)  # uncompressed: loading it is a memory copy
-        os.chmod(temp_name, 0o644)  # mkstemp makes it private; a cache is no secret
-        os.replace(temp_name, file)
     except OSError as error:
         warnings.warn(f"could not cache the decoded images in {file}: {error}", stacklevel=3)
-    finally:
-        Path(temp_name).unlink(missing_ok=True)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import h5py
 import numpy as np
 
+from tinytrain.atomic import atomic_path
 from tinytrain.hdf5_heap import check_global_heaps
 
 from .errors import HDF5_READ_ERRORS, WeightsFormatError, WeightsTensorError
 from .layout import expected_shapes
 from .types import SOURCES, Preprocessing, PretrainedWeights
+
+T = TypeVar("T")
 
 FORMAT = "tinytrain-weights"
 FORMAT_VERSION = 1
@@ -41,51 +44,43 @@ def check_tensors(tensors: dict[str, np.ndarray], path: str | Path) -> None:
 
 
 def save_canonical(weights: PretrainedWeights, path: str | Path) -> None:
-    """Write `weights` to `path` atomically: a temp file in the same folder, renamed over `path` once complete.
-
-    A failure at any point leaves `path` as it was (absent or the previous file) and removes the temp file.
-    """
+    """Write `weights` to `path` atomically (see atomic_path): a failure leaves `path` as it was."""
     path = Path(path)
     check_tensors(weights.tensors, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        with h5py.File(temp_name, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["name"] = weights.name
-            f.attrs["source"] = weights.source
-            f.attrs["source_sha256"] = weights.source_sha256
-            f.attrs["bn_eps"] = weights.preprocessing.bn_eps
-            f.attrs["input_mean"] = np.asarray(weights.preprocessing.mean, dtype=np.float64)
-            f.attrs["input_std"] = np.asarray(weights.preprocessing.std, dtype=np.float64)
-            f.attrs["padding"] = weights.preprocessing.padding
-            for key in sorted(weights.tensors):
-                f.create_dataset(key, data=weights.tensors[key])
-        # The rename is atomic only once the bytes are on disk; otherwise a crash could leave an empty target.
-        with open(temp_name, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["name"] = weights.name
+        f.attrs["source"] = weights.source
+        f.attrs["source_sha256"] = weights.source_sha256
+        f.attrs["bn_eps"] = weights.preprocessing.bn_eps
+        f.attrs["input_mean"] = np.asarray(weights.preprocessing.mean, dtype=np.float64)
+        f.attrs["input_std"] = np.asarray(weights.preprocessing.std, dtype=np.float64)
+        f.attrs["padding"] = weights.preprocessing.padding
+        for key in sorted(weights.tensors):
+            f.create_dataset(key, data=weights.tensors[key])
 
 
 def load_canonical(path: str | Path) -> PretrainedWeights:
     """Read a file written by save_canonical; any problem raises a WeightsError naming the file (and tensor)."""
     path = Path(path)
+    weights = read_hdf5(path, lambda f: _read_weights(path, f),
+                        "delete it, and load_pretrained imports the published weights again")
+    check_tensors(weights.tensors, path)
+    return weights
+
+
+def read_hdf5(path: Path, read: Callable[[h5py.File], T], fix: str) -> T:
+    """read(the open file), after the global-heap check; any HDF5 failure becomes a WeightsFormatError naming
+    `path` and saying `fix`."""
     try:
         check_global_heaps(path)  # first: one kind of damage would hang h5py for good
         with h5py.File(path, "r") as f:
-            weights = _read_weights(path, f)
+            return read(f)
     except HDF5_READ_ERRORS as error:
         raise WeightsFormatError(
-            path, f"not a readable HDF5 file, truncated or corrupt ({type(error).__name__}: {error}); delete it, and "
-            "load_pretrained imports the published weights again"
+            path, f"not a readable HDF5 file, truncated or corrupt ({type(error).__name__}: {error}); {fix}"
         ) from error
-    check_tensors(weights.tensors, path)
-    return weights
 
 
 def _read_weights(path: Path, f: h5py.File) -> PretrainedWeights:

@@ -20,9 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from tinytrain.hdf5_heap import check_global_heaps
-
-from .canonical import check_tensors
+from .canonical import check_tensors, read_hdf5
 from .checksum import sha256_file
 from .errors import HDF5_READ_ERRORS, WeightsFormatError, WeightsTensorError
 from .layout import BN_STATS, UNITS, torch_weight_from_tf
@@ -33,15 +31,7 @@ from .types import TF_PREPROCESSING, PretrainedWeights
 def import_keras_h5(path: str | Path) -> PretrainedWeights:
     """Read the Keras .h5 at `path` into the canonical form (same values and preprocessing as the TF-slim import)."""
     path = Path(path)
-    try:
-        check_global_heaps(path)  # first: one kind of damage would hang h5py for good
-        with h5py.File(path, "r") as f:
-            tensors = _read_tensors(path, f)
-    except HDF5_READ_ERRORS as error:
-        raise WeightsFormatError(
-            path, f"not a readable HDF5 file, truncated or corrupt ({type(error).__name__}: {error}); "
-            "delete it and download it again"
-        ) from error
+    tensors = read_hdf5(path, lambda f: _read_tensors(path, f), "delete it and download it again")
     check_tensors(tensors, path)
     return PretrainedWeights(NAME, "keras-h5", TF_PREPROCESSING, tensors, sha256_file(path))
 
