@@ -43,7 +43,8 @@ def run_script(body: Callable[[], int], debug: bool) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        print("error: interrupted before training started; nothing was written", file=sys.stderr)
+        print("error: interrupted outside training; any checkpoint already written is whole: continue with --resume",
+              file=sys.stderr)
         return 130
     except OSError as error:
         if debug:
