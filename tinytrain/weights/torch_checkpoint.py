@@ -204,7 +204,9 @@ def _read_zip(path: Path) -> Any:
 
 
 def _read_legacy(path: Path) -> Any:
-    with open(path, "rb") as f:
+    # From memory, not the file: a damaged length then asks for at most the bytes there are, and fails at once,
+    # instead of the unpickler asking the file for gigabytes.
+    with io.BytesIO(path.read_bytes()) as f:
         header = [RestrictedUnpickler(f, path, legacy=True).load() for _ in range(3)]
         magic, protocol, sys_info = header
         if magic != LEGACY_MAGIC_NUMBER:
