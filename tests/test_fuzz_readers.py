@@ -33,7 +33,8 @@ from test_data import make_tar_gz, meta_pickle, random_split_data, trust, write_
 from test_weights import KERAS_FILE, TORCHVISION_FILE, rewrite_sha256sums, save_torch, write_keras_h5
 
 from tinytrain.checkpoint import CheckpointError, TrainingState, load_checkpoint, read_progress, save_checkpoint
-from tinytrain.data import LABEL_NAMES, DataError, cifar10, load_cifar10, load_image_folder, read_python_batches
+from tinytrain.data import (LABEL_NAMES, DataError, DataFormatError, cifar10, load_cifar10, load_image_folder,
+                            read_python_batches)
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.weights import (
     WeightsError,
@@ -472,3 +473,28 @@ def test_a_checkpoint_whose_global_heap_would_hang_hdf5_is_refused(tmp_path):
     for read in (read_progress, lambda path: load_checkpoint(path, graph)):
         with hang_guard(), pytest.raises(CheckpointError, match="damaged global heap"):
             read(path)
+
+
+# ---------------------------------------------------------------- pickle memo -------------------------------------
+
+
+def memo_index_near_two_to_the_32(raw: bytes) -> bytes:
+    """The first BINPUT becomes LONG_BINPUT of index 0xFFFFFFF0: one byte changed and three overwritten, as a
+    damaged file can have them. An unpickler would size its memo to 2**32 entries, 32 GB."""
+    stream = io.BytesIO(raw)
+    while True:  # pickle after pickle, as a legacy torch file holds them
+        for opcode, _, position in pickletools.genops(stream):
+            if opcode.name == "BINPUT":
+                return raw[:position] + b"r" + (0xFFFFFFF0).to_bytes(4, "little") + raw[position + 5:]
+
+
+def test_a_pickle_whose_memo_index_would_take_gigabytes_is_refused_at_once(tmp_path, monkeypatch):
+    import torch
+
+    pth = save_torch({"features.0.0.weight": torch.zeros(2)}, tmp_path / TORCHVISION_FILE, "legacy")
+    pth.write_bytes(memo_index_near_two_to_the_32(pth.read_bytes()))
+    with hang_guard(), pytest.raises(WeightsFormatError, match=f"{pth.name}: .*memo index 4294967280"):
+        import_torchvision_pth(pth)
+    raw = pickle.dumps({b"batch_label": b"x", b"labels": [1, 2], b"data": b"ab"}, protocol=2)
+    with hang_guard(), pytest.raises(DataFormatError, match="memo index 4294967280"):
+        cifar10._unpickle(memo_index_near_two_to_the_32(raw), "data_batch_1")

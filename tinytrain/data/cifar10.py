@@ -25,6 +25,8 @@ try:  # NumPy >= 2 keeps the array-pickling helper in numpy._core; numpy.core is
 except ImportError:  # NumPy < 2
     from numpy.core.multiarray import _reconstruct
 
+from tinytrain.pickle_memo import check_memo_indices
+
 from .. import paths
 from .download import download_file, md5_bytes, verify_md5
 from .errors import DataError, DataFormatError, DataNotFoundError, DownloadError, UnsafePickleError
@@ -230,6 +232,7 @@ class _BatchUnpickler(pickle.Unpickler):
 
 def _unpickle(raw: bytes, origin: str):
     try:
+        check_memo_indices(io.BytesIO(raw))  # first: a damaged memo index would cost the unpickler gigabytes
         return _BatchUnpickler(raw, origin).load()
     except DataError:
         raise

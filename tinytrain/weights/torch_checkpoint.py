@@ -28,6 +28,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from tinytrain.pickle_memo import check_memo_indices
+
 from .errors import UnsafeCheckpointError, WeightsError, WeightsFormatError
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
@@ -111,9 +113,14 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def __init__(self, file: BinaryIO, path: Path, legacy: bool):
         super().__init__(file)
+        self.file = file
         self.path = path
         self.legacy = legacy
         self.storages: dict[str, StorageRef] = {}  # root key -> whole root storage, for reading the bytes
+
+    def load(self) -> Any:
+        check_memo_indices(self.file)  # first: a damaged memo index would cost the unpickler gigabytes
+        return super().load()
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in ALLOWED_GLOBALS:
