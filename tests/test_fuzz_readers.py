@@ -14,6 +14,7 @@ import gzip
 import io
 import pickle
 import pickletools
+import re
 import shutil
 import sys
 import warnings
@@ -309,22 +310,43 @@ def test_canonical_weights_fuzz(zero_tfslim, tmp_path, capsys):
     fuzz_one_file(path, load_canonical, hdf5_structure(path), capsys, "canonical weights .h5")
 
 
-@pytest.mark.parametrize("reader", ["keras", "canonical"])
+HDF5_WEIGHT_READERS = {"keras": import_keras_h5, "canonical": load_canonical}
+# A variable-length string's datatype in an attribute message: version 1 and class 9 (variable-length), then the class
+# bits (a string, in ASCII or UTF-8), then the size of its heap reference, 16 bytes.
+VLEN_STRING_TYPE = re.compile(rb"\x19\x01[\x00\x01]\x00\x10\x00\x00\x00")
+
+
+def write_weights_h5(path: Path, reader: str, zero_tfslim: Path) -> Path:
+    if reader == "keras":
+        return write_keras_h5(path, zero_tfslim)
+    save_canonical(import_tfslim_npy(zero_tfslim), path)
+    return path
+
+
+@pytest.mark.parametrize("reader", sorted(HDF5_WEIGHT_READERS))
 def test_global_heap_that_would_hang_hdf5_is_refused(zero_tfslim, tmp_path, reader):
     """HDF5 steps through a global heap collection by each object's size: a free-space object (index 0) of size 0
     makes it loop forever inside one h5py call. Both readers must refuse the file before h5py opens it."""
-    path = tmp_path / f"{reader}.h5"
-    if reader == "keras":
-        write_keras_h5(path, zero_tfslim)
-    else:
-        save_canonical(import_tfslim_npy(zero_tfslim), path)
+    path = write_weights_h5(tmp_path / f"{reader}.h5", reader, zero_tfslim)
     data = bytearray(path.read_bytes())
     collection = data.find(b"GCOL")
     data[collection + 16 : collection + 18] = bytes(2)  # the first object's index: 0, the free space ...
     data[collection + 24 : collection + 32] = bytes(8)  # ... and its size: 0
     path.write_bytes(bytes(data))
     with hang_guard(), pytest.raises(WeightsFormatError, match=f"{path.name}: .*damaged global heap"):
-        import_keras_h5(path) if reader == "keras" else load_canonical(path)
+        HDF5_WEIGHT_READERS[reader](path)
+
+
+@pytest.mark.parametrize("reader", sorted(HDF5_WEIGHT_READERS))
+def test_string_attribute_whose_type_would_crash_h5py_is_refused(zero_tfslim, tmp_path, reader):
+    """One damaged byte in a variable-length string's class bits leaves a variable-length type of no valid kind, and
+    h5py segfaults reading it: the readers check each attribute's type class first."""
+    path = write_weights_h5(tmp_path / f"{reader}.h5", reader, zero_tfslim)
+    data = bytearray(path.read_bytes())
+    data[VLEN_STRING_TYPE.search(data).start() + 1] ^= 0xFF  # the first one: "backend" or "format", both read
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsFormatError, match=f"{path.name}: .*type class"):
+        HDF5_WEIGHT_READERS[reader](path)
 
 
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
@@ -473,6 +495,32 @@ def test_a_checkpoint_whose_global_heap_would_hang_hdf5_is_refused(tmp_path):
     for read in (read_progress, lambda path: load_checkpoint(path, graph)):
         with hang_guard(), pytest.raises(CheckpointError, match="damaged global heap"):
             read(path)
+
+
+def test_a_checkpoint_whose_string_attribute_type_would_crash_h5py_is_refused(tmp_path):
+    graph = build_mobilenetv2(num_classes=10, resolution=32, width_mult=0.35)
+    path = tmp_path / "checkpoint.h5"
+    save_checkpoint(path, graph, TrainingState(step=7, history=[], momentum={}, coverage={}, config={"lr": 0.01}))
+    data = bytearray(path.read_bytes())
+    data[VLEN_STRING_TYPE.search(data).start() + 1] ^= 0xFF  # h5py segfaults reading a vlen type of no valid kind
+    path.write_bytes(bytes(data))
+    for read in (read_progress, lambda path: load_checkpoint(path, graph)):
+        with pytest.raises(CheckpointError, match="type class"):
+            read(path)
+
+
+@pytest.mark.parametrize("reader", sorted(HDF5_WEIGHT_READERS))
+def test_a_global_heap_object_whose_step_wraps_to_zero_is_refused(zero_tfslim, tmp_path, reader):
+    """HDF5 adds each object's header and padded size to its position as a size_t: a size of 2**64 - 16 is a step
+    of 0, and the loop never advances. The check follows the wrapped step past such sizes, as HDF5 does."""
+    path = write_weights_h5(tmp_path / f"{reader}.h5", reader, zero_tfslim)
+    data = bytearray(path.read_bytes())
+    collection = data.find(b"GCOL")
+    first_object = collection + 16
+    data[first_object + 8 : first_object + 16] = (2**64 - 16).to_bytes(8, "little")  # padded + header: 2**64
+    path.write_bytes(bytes(data))
+    with hang_guard(), pytest.raises(WeightsFormatError, match=f"{path.name}: .*damaged global heap"):
+        HDF5_WEIGHT_READERS[reader](path)
 
 
 # ---------------------------------------------------------------- pickle memo -------------------------------------

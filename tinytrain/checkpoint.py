@@ -11,10 +11,13 @@ import numpy as np
 
 from tinytrain.atomic import atomic_path
 from tinytrain.graph import Graph
+from tinytrain.hdf5_attributes import read_attribute
 from tinytrain.hdf5_heap import check_global_heaps
 
 FORMAT = "tinytrain-checkpoint"
 FORMAT_VERSION = 2  # 2 added the running sums of the unfinished epoch and the training time
+ATTRIBUTE_KINDS = {"format": str, "format_version": int, "step": int, "history": str, "config": str,
+                   "epoch_sums": str, "train_seconds": float}  # the root attributes save_checkpoint writes
 READ_ERRORS = (OSError, RuntimeError, KeyError, TypeError, ValueError)  # h5py, json and check_global_heaps on damage
 
 
@@ -52,9 +55,10 @@ def read_progress(path: Path) -> tuple[int, dict]:
     try:
         check_global_heaps(path)  # first: one kind of damage would hang h5py for good
         with h5py.File(path, "r") as file:
-            if file.attrs.get("format") != FORMAT:
+            attrs = _attributes(file)
+            if attrs.get("format") != FORMAT:
                 raise CheckpointError(f"{path} is not a tinytrain checkpoint; point --output-dir at a run's folder")
-            return int(file.attrs["step"]), json.loads(file.attrs["config"])
+            return int(attrs["step"]), json.loads(attrs["config"])
     except READ_ERRORS as error:
         raise CheckpointError(f"cannot read checkpoint {path} ({error}); it is corrupt: start the run again without "
                               "--resume") from error
@@ -93,9 +97,10 @@ def load_checkpoint(path: Path, graph: Graph, steps_per_epoch: int | None = None
     try:
         check_global_heaps(path)
         with h5py.File(path, "r") as file:
-            if file.attrs.get("format") != FORMAT:
+            attrs = _attributes(file)
+            if attrs.get("format") != FORMAT:
                 raise CheckpointError(f"{path} is not a tinytrain checkpoint")
-            version = int(file.attrs.get("format_version", 1))
+            version = int(attrs.get("format_version", 1))
             parameters = {}
             for layer in graph.weighted_layers:
                 for name in ("weight", "bias"):
@@ -111,13 +116,13 @@ def load_checkpoint(path: Path, graph: Graph, steps_per_epoch: int | None = None
                                               "resumed: start the run again with a lower --lr")
                     parameters[(layer, name)] = values
             state = TrainingState(
-                step=int(file.attrs["step"]),
-                history=json.loads(file.attrs["history"]),
+                step=int(attrs["step"]),
+                history=json.loads(attrs["history"]),
                 momentum={name: file[f"momentum/{name}"][()] for name in _names(file, "momentum")},
                 coverage={name: file[f"coverage/{name}"][()] for name in _names(file, "coverage")},
-                config=json.loads(file.attrs["config"]),
-                epoch_sums=EpochSums(**json.loads(file.attrs.get("epoch_sums", "{}"))),
-                train_seconds=float(file.attrs.get("train_seconds", 0.0)),
+                config=json.loads(attrs["config"]),
+                epoch_sums=EpochSums(**json.loads(attrs.get("epoch_sums", "{}"))),
+                train_seconds=float(attrs.get("train_seconds", 0.0)),
             )
     except READ_ERRORS as error:
         raise CheckpointError(f"cannot read checkpoint {path} ({error}); it is corrupt: start the run again without "
@@ -128,6 +133,12 @@ def load_checkpoint(path: Path, graph: Graph, steps_per_epoch: int | None = None
     for (layer, name), values in parameters.items():
         np.copyto(getattr(layer, name), values)
     return state
+
+
+def _attributes(file: h5py.File) -> dict:
+    """The root attributes, each read once its HDF5 type class is the expected one: h5py segfaults on a damaged
+    variable-length string type."""
+    return {name: read_attribute(file, name, kind) for name, kind in ATTRIBUTE_KINDS.items() if name in file.attrs}
 
 
 def _names(file: h5py.File, group: str) -> list[str]:

@@ -58,8 +58,9 @@ def _check_collection(data: bytes, start: int, length_bytes: int) -> None:
     while position + header_bytes <= end:  # a shorter tail is free space
         index = int.from_bytes(data[position : position + 2], "little")
         (object_size,) = struct.unpack_from(length_format, data, position + 8)
-        step = object_size if index == 0 else header_bytes + -(-object_size // ALIGNMENT) * ALIGNMENT
-        if step % SIZE_T_RANGE == 0:  # HDF5 adds the step to its position as a size_t
+        # in size_t arithmetic, as HDF5 adds it to its position: a huge size wraps to a small step, or to none
+        step = (object_size if index == 0 else header_bytes + -(-object_size // ALIGNMENT) * ALIGNMENT) % SIZE_T_RANGE
+        if step == 0:
             raise ValueError(
                 f"damaged global heap at byte {start}: object {index} at byte {position} claims {object_size} bytes, "
                 "on which the HDF5 library would loop forever"

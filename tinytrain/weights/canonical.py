@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 
 from tinytrain.atomic import atomic_path
+from tinytrain.hdf5_attributes import read_attribute
 from tinytrain.hdf5_heap import check_global_heaps
 
 from .errors import HDF5_READ_ERRORS, WeightsFormatError, WeightsTensorError
@@ -20,6 +21,9 @@ T = TypeVar("T")
 
 FORMAT = "tinytrain-weights"
 FORMAT_VERSION = 1
+# The root attributes save_canonical writes, and what each holds.
+ATTRIBUTE_KINDS = {"format": str, "format_version": int, "name": str, "source": str, "source_sha256": str,
+                   "bn_eps": float, "input_mean": float, "input_std": float, "padding": str}
 
 
 def check_tensors(tensors: dict[str, np.ndarray], path: str | Path) -> None:
@@ -85,7 +89,7 @@ def read_hdf5(path: Path, read: Callable[[h5py.File], T], fix: str) -> T:
 
 def _read_weights(path: Path, f: h5py.File) -> PretrainedWeights:
     """The weights in the open file, with its format, attributes and set of tensors checked (not their values)."""
-    attrs = dict(f.attrs)
+    attrs = {name: read_attribute(f, name, kind) for name, kind in ATTRIBUTE_KINDS.items() if name in f.attrs}
     if attrs.get("format") != FORMAT:
         raise WeightsFormatError(path, f"format attribute is {attrs.get('format')!r}, expected {FORMAT!r}")
     if attrs.get("format_version") != FORMAT_VERSION:

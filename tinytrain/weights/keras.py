@@ -20,6 +20,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tinytrain.hdf5_attributes import read_attribute
+
 from .canonical import check_tensors, read_hdf5
 from .checksum import sha256_file
 from .errors import HDF5_READ_ERRORS, WeightsFormatError, WeightsTensorError
@@ -42,7 +44,7 @@ def _read_tensors(path: Path, f: h5py.File) -> dict[str, np.ndarray]:
     layer_names = set(_string_list_attribute(root, "layer_names"))
     if not layer_names:
         raise WeightsFormatError(path, "no layer_names attribute: not a Keras weights file")
-    backend = _decode(root.attrs.get("backend", b"tensorflow"))
+    backend = _decode(read_attribute(root, "backend", str)) if "backend" in root.attrs else "tensorflow"
     if backend != "tensorflow":  # Theano-saved kernels are flipped; these weights never existed in that form
         raise WeightsFormatError(path, f"saved by the {backend!r} backend; only 'tensorflow' files are supported")
     tensors: dict[str, np.ndarray] = {}
@@ -95,11 +97,11 @@ def _take(
 def _string_list_attribute(group: h5py.Group, name: str) -> list[str]:
     """A Keras list-of-strings attribute, including the chunked form Keras uses past HDF5's 64 KiB header limit."""
     if name in group.attrs:
-        return [_decode(value) for value in np.atleast_1d(group.attrs[name])]
+        return [_decode(value) for value in np.atleast_1d(read_attribute(group, name, str))]
     values: list[str] = []
     chunk = 0
     while f"{name}{chunk}" in group.attrs:
-        values.extend(_decode(value) for value in np.atleast_1d(group.attrs[f"{name}{chunk}"]))
+        values.extend(_decode(value) for value in np.atleast_1d(read_attribute(group, f"{name}{chunk}", str)))
         chunk += 1
     return values
 
