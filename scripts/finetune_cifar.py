@@ -1,4 +1,5 @@
-"""Fine-tune ImageNet MobileNetV2 on CIFAR-10 at batch 1 with a sparse update policy inside a byte arena."""
+"""Fine-tune ImageNet MobileNetV2 on CIFAR-10, or on a folder of your own images, at batch 1 with a sparse update
+policy inside a byte arena."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from tinytrain.cli import add_debug_flag, run_script
 from tinytrain.cpu import thread_contention_warning
+from tinytrain.data import DEFAULT_TEST_FRACTION
 from tinytrain.sparse import POLICIES
 from tinytrain.train import RunAlreadyFinished, TrainConfig, Trainer, block_or_none, validate_config
 
@@ -16,7 +18,8 @@ DEFAULTS = TrainConfig()
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        description="Fine-tune ImageNet-pretrained MobileNetV2-1.0 (new 10-class head) on CIFAR-10, one image per "
+        description="Fine-tune ImageNet-pretrained MobileNetV2-1.0 (with a new head) on CIFAR-10, or with --dataset on "
+                    "your own images, one image per "
                     "step (batch 1, as on a microcontroller). Every tensor a step writes lives in one byte arena, "
                     "so the whole-step peak and the feature memory (what forward saves for backward) are measured, "
                     "not estimated. The default policy is the dynamic gradient sparse update: front stages frozen, "
@@ -34,6 +37,16 @@ def parse_args(argv):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", help="a pruned model file written by scripts/prune_model.py (default: the "
                                         "pretrained MobileNetV2-1.0); --ratio is then a fraction of its conv weights")
+    parser.add_argument("--dataset", metavar="PATH",
+                        help="train on your own images instead of CIFAR-10: a folder or .tar/.tar.gz archive of "
+                             "<class>/<image> folders (split at random, see --test-fraction) or of "
+                             "train/<class>/<image> and test/<class>/<image>. Class names are the folder names; "
+                             "images are .jpg/.jpeg/.png of any size, centre-cropped to a square and resized to "
+                             "--resolution. The decoded images are cached, and an empty class, an unreadable image or "
+                             "a class missing from a split is refused before training starts")
+    parser.add_argument("--test-fraction", type=float,
+                        help="--dataset of <class>/ folders: the fraction of each class's images held out for testing, "
+                             f"drawn from --seed (default {DEFAULT_TEST_FRACTION})")
     parser.add_argument("--policy", choices=POLICIES, default=DEFAULTS.policy,
                         help="which layers/channels train each step")
     parser.add_argument("--ratio", type=float, default=DEFAULTS.ratio,
@@ -49,7 +62,7 @@ def parse_args(argv):
                              "saved inputs. On 5,000 images (2 epochs): none 73.00%%, from block 7 75.05%%, from "
                              "block 4 75.90%%. Block 7 is the earliest whose whole step fits 256 KiB at 128x128")
     parser.add_argument("--resolution", type=int, default=DEFAULTS.resolution,
-                        help="input side in pixels; CIFAR images are resized (bilinear) to it")
+                        help="input side in pixels; images are resized (bilinear) to it")
     parser.add_argument("--arena-bytes", type=int, default=DEFAULTS.arena_bytes,
                         help="arena capacity in bytes (default 262,144: 256 KiB). The trainer picks the fastest "
                              "memory schedule whose dry-run step fits it (layer by layer, depthwise in place, or the "
@@ -83,7 +96,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     config = TrainConfig(
-        model=args.model, policy=args.policy, ratio=args.ratio, last_k=args.last_k, first_block=args.first_block,
+        model=args.model, dataset=args.dataset, test_fraction=args.test_fraction, policy=args.policy, ratio=args.ratio, last_k=args.last_k, first_block=args.first_block,
         ratio_decay=args.ratio_decay, bias_from_block=args.bias_from_block,
         resolution=args.resolution, arena_bytes=args.arena_bytes, epochs=args.epochs, micro_batch=args.micro_batch,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
@@ -102,6 +115,9 @@ def train(config: TrainConfig, args) -> int:
     except RunAlreadyFinished as finished:
         print(finished)
         return 0
+    if config.dataset is not None:
+        print(f"dataset {trainer.folder.path}: {trainer.folder.split_description}; {trainer.split_sizes['train']:,} "
+              f"training and {trainer.split_sizes['test']:,} test images; classes: {', '.join(trainer.class_names)}")
     print(f"dry run in {config.arena_bytes:,} B ({trainer.memory_schedule.describe(trainer.graph)}): whole-step "
           f"peak {trainer.dry_run.whole_step_peak_bytes:,} B, high water {trainer.dry_run.high_water_bytes:,} B, "
           f"feature memory {trainer.dry_run.feature_bytes:,} B (dense {trainer.dense_feature_bytes:,} B)")

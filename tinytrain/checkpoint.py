@@ -1,4 +1,6 @@
-"""Training checkpoints in HDF5: parameters, optimizer state, coverage and progress, written atomically."""
+"""Training checkpoints in HDF5: the model, its class names, optimizer state, coverage and progress, written atomically.
+
+A checkpoint alone rebuilds the fine-tuned model (load_trained_model): predictions and exports need nothing else."""
 
 from __future__ import annotations
 
@@ -11,14 +13,19 @@ import numpy as np
 
 from tinytrain.atomic import atomic_path
 from tinytrain.graph import Graph
+from tinytrain.graph_file import read_graph, write_graph
 from tinytrain.hdf5_attributes import read_attribute
 from tinytrain.hdf5_heap import check_global_heaps
 
 FORMAT = "tinytrain-checkpoint"
-FORMAT_VERSION = 2  # 2 added the running sums of the unfinished epoch and the training time
+# 2 added the running sums of the unfinished epoch and the training time; 3 the model (graph_file.py), its
+# resolution and the class names, so that a checkpoint alone rebuilds the fine-tuned model
+FORMAT_VERSION = 3
 ATTRIBUTE_KINDS = {"format": str, "format_version": int, "step": int, "history": str, "config": str,
-                   "epoch_sums": str, "train_seconds": float}  # the root attributes save_checkpoint writes
-READ_ERRORS = (OSError, RuntimeError, KeyError, TypeError, ValueError)  # h5py, json and check_global_heaps on damage
+                   "epoch_sums": str, "train_seconds": float, "resolution": int,
+                   "class_names": str}  # the root attributes save_checkpoint writes besides the graph's
+# h5py, json, check_global_heaps and read_graph on damage
+READ_ERRORS = (OSError, RuntimeError, KeyError, IndexError, TypeError, ValueError)
 
 
 class CheckpointError(Exception):
@@ -43,11 +50,12 @@ class TrainingState:
     config: dict
     epoch_sums: EpochSums = field(default_factory=EpochSums)
     train_seconds: float = 0.0  # wall time spent in training steps, over every session of the run
+    class_names: list[str] = field(default_factory=list)  # label c's name is class_names[c]; empty before format 3
 
 
-def read_progress(path: Path) -> tuple[int, dict]:
-    """(steps done, configuration) of a checkpoint, without reading its tensors: enough to check a resume before any
-    work."""
+def read_progress(path: Path) -> tuple[int, dict, list[str]]:
+    """(steps done, configuration, class names) of a checkpoint, without reading its tensors: enough to check a resume
+    before any work. The class names are empty in a checkpoint older than format 3."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; start the run without --resume, or point --output-dir at the "
@@ -58,17 +66,10 @@ def read_progress(path: Path) -> tuple[int, dict]:
             attrs = _attributes(file)
             if attrs.get("format") != FORMAT:
                 raise CheckpointError(f"{path} is not a tinytrain checkpoint; point --output-dir at a run's folder")
-            return int(attrs["step"]), json.loads(attrs["config"])
+            return int(attrs["step"]), json.loads(attrs["config"]), json.loads(attrs.get("class_names", "[]"))
     except READ_ERRORS as error:
         raise CheckpointError(f"cannot read checkpoint {path} ({error}); it is corrupt: start the run again without "
                               "--resume") from error
-
-
-def write_parameters(file: h5py.File, graph: Graph) -> None:
-    """Every folded weight and bias under parameters/<layer>/weight and bias (checkpoints and pruned models)."""
-    for layer in graph.weighted_layers:
-        file.create_dataset(f"parameters/{layer.name}/weight", data=layer.weight)
-        file.create_dataset(f"parameters/{layer.name}/bias", data=layer.bias)
 
 
 def save_checkpoint(path: Path, graph: Graph, state: TrainingState) -> None:
@@ -81,7 +82,9 @@ def save_checkpoint(path: Path, graph: Graph, state: TrainingState) -> None:
         file.attrs["config"] = json.dumps(state.config)
         file.attrs["epoch_sums"] = json.dumps(asdict(state.epoch_sums))
         file.attrs["train_seconds"] = state.train_seconds
-        write_parameters(file, graph)
+        file.attrs["resolution"] = graph.input_shape[1]
+        file.attrs["class_names"] = json.dumps(state.class_names)
+        write_graph(file, graph)
         for name, values in state.momentum.items():
             file.create_dataset(f"momentum/{name}", data=values)
         for name, touched in state.coverage.items():
@@ -123,6 +126,7 @@ def load_checkpoint(path: Path, graph: Graph, steps_per_epoch: int | None = None
                 config=json.loads(attrs["config"]),
                 epoch_sums=EpochSums(**json.loads(attrs.get("epoch_sums", "{}"))),
                 train_seconds=float(attrs.get("train_seconds", 0.0)),
+                class_names=json.loads(attrs.get("class_names", "[]")),
             )
     except READ_ERRORS as error:
         raise CheckpointError(f"cannot read checkpoint {path} ({error}); it is corrupt: start the run again without "
@@ -133,6 +137,53 @@ def load_checkpoint(path: Path, graph: Graph, steps_per_epoch: int | None = None
     for (layer, name), values in parameters.items():
         np.copyto(getattr(layer, name), values)
     return state
+
+
+@dataclass(frozen=True, eq=False)
+class TrainedModel:
+    """A fine-tuned model as its checkpoint describes it."""
+
+    graph: Graph  # at the resolution it was trained at
+    class_names: tuple[str, ...]  # label c's name is class_names[c]
+    step: int  # training steps done when the checkpoint was written
+    config: dict  # the run's TrainConfig, as a dict
+
+
+def load_trained_model(path: str | Path) -> TrainedModel:
+    """The model a checkpoint holds, rebuilt from the checkpoint alone; CheckpointError, saying what to pass instead,
+    when the file is missing, not a checkpoint, damaged, or older than format 3."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; pass the checkpoint.h5 in a fine-tuning run's --output-dir")
+    try:
+        check_global_heaps(path)
+        with h5py.File(path, "r") as file:
+            attrs = _attributes(file)
+            if attrs.get("format") != FORMAT:
+                raise CheckpointError(f"{path} is not a tinytrain checkpoint (its format is {attrs.get('format')!r}); "
+                                      "pass the checkpoint.h5 in a fine-tuning run's --output-dir")
+            version = int(attrs.get("format_version", 1))
+            if version < 3:
+                raise CheckpointError(f"{path} was written by an older tinytrain (checkpoint format {version}), "
+                                      "without the model's layers and class names; fine-tune again to get a "
+                                      f"format {FORMAT_VERSION} checkpoint")
+            graph = read_graph(file, int(attrs["resolution"]))
+            class_names = tuple(json.loads(attrs["class_names"]))
+            step, config = int(attrs["step"]), json.loads(attrs["config"])
+    except OSError as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({error}); pass the checkpoint.h5 in a fine-tuning "
+                              "run's --output-dir") from error
+    except READ_ERRORS as error:
+        raise CheckpointError(f"cannot read checkpoint {path} ({error}); it is damaged or belongs to another model: "
+                              "use a checkpoint written by this tinytrain") from error
+    if len(class_names) != graph.num_classes or not all(isinstance(name, str) for name in class_names):
+        raise CheckpointError(f"{path} names {len(class_names)} classes for a {graph.num_classes}-class classifier; "
+                              "it is damaged: use another checkpoint")
+    broken = [layer.name for layer in graph.weighted_layers
+              if not (np.isfinite(layer.weight).all() and np.isfinite(layer.bias).all())]
+    if broken:
+        raise CheckpointError(f"{path}: non-finite values in {', '.join(broken[:4])}; use an earlier checkpoint")
+    return TrainedModel(graph, class_names, step, config)
 
 
 def _attributes(file: h5py.File) -> dict:

@@ -21,12 +21,13 @@ class ExactSubsetAccuracy:
 @dataclass(frozen=True)
 class RunResults:
     config: dict  # the TrainConfig, as a dict
-    data: str  # the CIFAR-10 source trained and tested on
+    data: str  # the dataset trained and tested on, and where its pixels came from
+    class_names: list[str]  # label c's name is class_names[c]
     steps: int
     history: list[dict]  # per finished epoch: epoch, train_loss, train_accuracy
     test_images: int
     test_accuracy: float
-    exact_subset: ExactSubsetAccuracy | None  # None when the pixel-exact file is absent
+    exact_subset: ExactSubsetAccuracy | None  # CIFAR-10 only, and None when the pixel-exact file is absent
     # Memory, in bytes, measured by the arena over the run's steps and its dry run
     arena_bytes: int
     whole_step_peak_bytes: int

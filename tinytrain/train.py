@@ -1,4 +1,5 @@
-"""Fine-tune pretrained MobileNetV2 on CIFAR-10 at batch 1 with an update policy, measuring the arena throughout."""
+"""Fine-tune pretrained MobileNetV2 on CIFAR-10 or an image folder at batch 1 with an update policy, measuring the
+arena throughout."""
 
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ from tqdm import tqdm
 from tinytrain.arena import DEFAULT_CAPACITY, Arena
 from tinytrain.budget import fit_schedule
 from tinytrain.checkpoint import EpochSums, TrainingState, load_checkpoint, read_progress, save_checkpoint
-from tinytrain.data import Augmenter, load_cifar10
+from tinytrain.data import DEFAULT_TEST_FRACTION, LABEL_NAMES, Augmenter, Dataset, load_cifar10, scan_folder_dataset
 from tinytrain.divergence import DivergenceMonitor, TrainingDiverged, non_finite_parameters
 from tinytrain.engine import SGD, Engine, MicroBatch, NonFiniteLoss
 from tinytrain.graph import Graph
 from tinytrain.interrupt import StopRequest, TrainingInterrupted
 from tinytrain.memory import MEASURING_ARENA_BYTES, StepMemory, measure_training_step
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
-from tinytrain.paths import data_dir as resolve_data_dir
+from tinytrain import paths
 from tinytrain.plan import UpdatePlan
 from tinytrain.pruned_model import load_pruned
 from tinytrain.results import ExactSubsetAccuracy, RunResults
@@ -34,6 +35,8 @@ EXACT_SUBSET_FILE = "cifar10/cifar10_exact_subset.npz"
 @dataclass(frozen=True)
 class TrainConfig:
     model: str | None = None  # a pruned model file (scripts/prune_model.py); None: pretrained MobileNetV2-1.0
+    dataset: str | None = None  # an image folder or archive (data/folder_dataset.py); None: CIFAR-10
+    test_fraction: float | None = None  # a dataset without its own test split: held out for testing (None: 0.2)
     policy: str = "dynamic"
     ratio: float = 0.02  # target fraction of conv weights updated per step (static, dynamic)
     last_k: int = 2
@@ -89,8 +92,13 @@ def _require(ok: bool, field: str, value, requirement: str) -> None:
         raise ConfigError(f"--{field.replace('_', '-')} {value}: must be {requirement}")
 
 
-def validate_config(config: TrainConfig) -> None:
-    """Every value in range, so that a bad flag fails at once instead of after an epoch (ConfigError otherwise)."""
+def validate_config(config: TrainConfig, split_sizes: dict[str, int] | None = None) -> None:
+    """Every value in range, so that a bad flag fails at once instead of after an epoch (ConfigError otherwise).
+
+    The subsets and the micro-batch are checked against `split_sizes` (images per split): CIFAR-10's, or a
+    --dataset's once it is listed; before that, only against what any dataset allows."""
+    if split_sizes is None and config.dataset is None:
+        split_sizes = CIFAR10_SPLIT_SIZES
     _require(config.policy in POLICIES, "policy", config.policy, f"one of {', '.join(POLICIES)}")
     _require(math.isfinite(config.ratio) and 0 < config.ratio <= 1, "ratio", config.ratio,
              "a fraction of the conv weights, in (0, 1]")
@@ -110,17 +118,28 @@ def validate_config(config: TrainConfig) -> None:
     _require(math.isfinite(config.weight_decay) and config.weight_decay >= 0, "weight_decay", config.weight_decay,
              "0 or a positive, finite number")
     _require(config.warmup_steps >= 0, "warmup_steps", config.warmup_steps, "0 or more")
+    _require(config.test_fraction is None or (math.isfinite(config.test_fraction) and 0 < config.test_fraction < 1),
+             "test_fraction", config.test_fraction, "a fraction in (0, 1)")
+    _require(config.test_fraction is None or config.dataset is not None, "test_fraction", config.test_fraction,
+             "left out for CIFAR-10, which has its own test split")
+    images = "the CIFAR-10 {split} images" if config.dataset is None else f"the {{split}} images of {config.dataset}"
     for field, split in (("train_subset", "train"), ("test_subset", "test")):
         value = getattr(config, field)
-        _require(value is None or 1 <= value <= CIFAR10_SPLIT_SIZES[split], field, value,
-                 f"in 1..{CIFAR10_SPLIT_SIZES[split]:,} (the CIFAR-10 {split} images), or left out for all")
+        if split_sizes is None:
+            _require(value is None or value >= 1, field, value, "at least 1, or left out for all")
+        else:
+            _require(value is None or 1 <= value <= split_sizes[split], field, value,
+                     f"in 1..{split_sizes[split]:,} ({images.format(split=split)}), or left out for all")
     _require(config.seed >= 0, "seed", config.seed, "0 or more")
     _require(config.checkpoint_every >= 1, "checkpoint_every", config.checkpoint_every, "at least 1")
     # Micro-batches never straddle an epoch or a checkpoint, so a resumed run starts on a batch boundary.
-    steps_per_epoch = config.train_subset or CIFAR10_SPLIT_SIZES["train"]
-    _require(steps_per_epoch % config.micro_batch == 0 and config.checkpoint_every % config.micro_batch == 0,
-             "micro_batch", config.micro_batch, f"a divisor of the {steps_per_epoch:,} training images per epoch and "
-             f"of --checkpoint-every ({config.checkpoint_every:,})")
+    _require(config.checkpoint_every % config.micro_batch == 0, "micro_batch", config.micro_batch,
+             f"a divisor of --checkpoint-every ({config.checkpoint_every:,})")
+    if split_sizes is not None:
+        steps_per_epoch = config.train_subset or split_sizes["train"]
+        _require(steps_per_epoch % config.micro_batch == 0, "micro_batch", config.micro_batch,
+                 f"a divisor of the {steps_per_epoch:,} training images per epoch and of --checkpoint-every "
+                 f"({config.checkpoint_every:,})")
 
 
 def prepare_output_dir(output_dir: Path) -> None:
@@ -149,8 +168,8 @@ class RunAlreadyFinished(Exception):
 class Trainer:
     """Owns one run: model, policy, arena, data; `run()` trains, evaluates and writes results.json.
 
-    Everything that can be checked is checked before the data is loaded: the configuration, the output folder,
-    the checkpoint a resume needs and the memory schedule."""
+    Everything that can be checked is checked before the images are decoded: the configuration, the output folder,
+    the layout of a --dataset folder, the checkpoint a resume needs and the memory schedule."""
 
     def __init__(self, config: TrainConfig, output_dir: Path, data_dir=None, cache_dir=None, progress=True,
                  resume: bool = False):
@@ -162,18 +181,28 @@ class Trainer:
         self.checkpoint_path = self.output_dir / "checkpoint.h5"
         self.results_path = self.output_dir / "results.json"
         prepare_output_dir(self.output_dir)
-        if resume:
-            self._check_resume()
-        elif self.checkpoint_path.exists():  # a new run would overwrite it at its first checkpoint
+        if not resume and self.checkpoint_path.exists():  # a new run would overwrite it at its first checkpoint
             raise ConfigError(f"--output-dir {self.output_dir} already holds a run ({self.checkpoint_path}); continue "
                               "it with --resume, or choose another --output-dir (or delete that one to start over)")
-        self.data_root = resolve_data_dir(data_dir)
+        self.data_root = paths.data_dir(data_dir)
+        self.cache_dir = cache_dir
+        self.folder = None
+        self.class_names = LABEL_NAMES
+        self.split_sizes = CIFAR10_SPLIT_SIZES
+        if config.dataset is not None:
+            self._scan_dataset()
+        if resume:
+            self._check_resume()
         if config.model is None:
             weights = load_pretrained(data_dir=self.data_root, cache_dir=cache_dir)
-            self.graph = build_mobilenetv2(num_classes=10, resolution=config.resolution, weights=weights,
-                                           seed=config.seed)
+            self.graph = build_mobilenetv2(num_classes=len(self.class_names), resolution=config.resolution,
+                                           weights=weights, seed=config.seed)
         else:
             self.graph = load_pruned(config.model, config.resolution)
+            if self.graph.num_classes != len(self.class_names):
+                raise ConfigError(f"--model {config.model}: its classifier has {self.graph.num_classes} classes, the "
+                                  f"data {len(self.class_names)}; fine-tune the pretrained model instead (leave out "
+                                  "--model), or prune for this many classes")
         try:
             self.policy = training_policy(config, self.graph)
         except ValueError as error:
@@ -185,23 +214,45 @@ class Trainer:
         self.dry_run = fitted.memory
         self.dense_feature_bytes = measure_training_step(self.graph, UpdatePlan.dense(self.graph),
                                                          MEASURING_ARENA_BYTES).feature_bytes
-        train = load_cifar10("train", data_dir=self.data_root, cache_dir=cache_dir, progress=progress)
-        self.test = load_cifar10("test", data_dir=self.data_root, cache_dir=cache_dir, progress=progress)
+        train, self.test = self._load_split("train"), self._load_split("test")
         self.data_source = train.source
+        # crops shift by up to 1/8 of the stored side: CIFAR-10's 4 pixels of 32 (He et al. 2016, sec. 4.2)
         self.train_batches = Augmenter(train.images, train.labels, config.resolution, augment=config.augment,
-                                       shuffle=True, subset=config.train_subset, seed=config.seed)
+                                       shuffle=True, subset=config.train_subset, seed=config.seed,
+                                       padding=train.images.shape[1] // 8)
         self.arena = Arena(config.arena_bytes, tracing=False)
         self.engine = Engine(self.graph, self.arena, memory_schedule=self.memory_schedule)
         self.coverage = Coverage(self.graph)
         self.last_good_checkpoint: int | None = None  # step of the newest checkpoint verified finite
 
+    def _scan_dataset(self) -> None:
+        """List and check the --dataset folder, and the flags that depend on its size, before anything is decoded."""
+        config = self.config
+        self.folder = scan_folder_dataset(config.dataset, config.test_fraction or DEFAULT_TEST_FRACTION, config.seed,
+                                          self.progress)
+        if self.folder.has_own_split and config.test_fraction is not None:
+            raise ConfigError(f"--test-fraction {config.test_fraction}: {config.dataset} has its own train/ and test/ "
+                              "folders; leave --test-fraction out")
+        self.class_names = self.folder.class_names
+        self.split_sizes = {split: len(files) for split, files in self.folder.files.items()}
+        validate_config(config, self.split_sizes)
+
+    def _load_split(self, split: str) -> Dataset:
+        if self.folder is None:
+            return load_cifar10(split, data_dir=self.data_root, cache_dir=self.cache_dir, progress=self.progress)
+        return self.folder.load(split, self.config.resolution, paths.cache_dir(self.cache_dir), self.progress)
+
     def _check_resume(self) -> None:
-        step, saved_config = read_progress(self.checkpoint_path)
+        step, saved_config, saved_classes = read_progress(self.checkpoint_path)
         differences = config_differences(saved_config, self.config)
         if differences:
             raise ConfigError(f"{self.checkpoint_path} was written with other settings: {'; '.join(differences)}. "
                               "Resume with the run's own flags, or start a new run in another --output-dir")
-        steps = self.config.epochs * (self.config.train_subset or CIFAR10_SPLIT_SIZES["train"])
+        if saved_classes and tuple(saved_classes) != tuple(self.class_names):
+            raise ConfigError(f"{self.checkpoint_path} was trained on the classes {', '.join(saved_classes)}; the data "
+                              f"now has {', '.join(self.class_names)}. Restore the class folders, or start a new run "
+                              "in another --output-dir")
+        steps = self.config.epochs * (self.config.train_subset or self.split_sizes["train"])
         if step >= steps and self.results_path.is_file():
             raise RunAlreadyFinished(f"the run in {self.output_dir} already finished ({step:,} steps); its results "
                                      f"are in {self.results_path}, left as they are")
@@ -217,6 +268,7 @@ class Trainer:
             self.engine.load_optimizer_state(state.momentum)
             self.coverage.touched = state.coverage
             self.last_good_checkpoint = state.step
+        state.class_names = list(self.class_names)  # a checkpoint of format 2 had none
         self._train(state)
         results = self._results(state)
         results.write(self.results_path)
@@ -308,6 +360,7 @@ class Trainer:
         return RunResults(
             config=asdict(self.config),
             data=self.data_source,
+            class_names=list(self.class_names),
             steps=state.step,
             history=state.history,
             test_images=count,
@@ -328,9 +381,10 @@ class Trainer:
         )
 
     def _exact_subset_accuracy(self, count: int) -> ExactSubsetAccuracy | None:
-        """Accuracy on the pixel-exact test images among the first `count`, and on their copies in the data source."""
+        """Accuracy on the pixel-exact test images among the first `count`, and on their copies in the data source;
+        CIFAR-10 only."""
         path = self.data_root / EXACT_SUBSET_FILE
-        if not path.is_file():
+        if self.folder is not None or not path.is_file():
             return None
         arrays = np.load(path)
         keep = arrays["test_subset_index"] < count

@@ -15,7 +15,6 @@ import pickle
 import tarfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ except ImportError:  # NumPy < 2
 from tinytrain.pickle_memo import check_memo_indices
 
 from .. import paths
+from .dataset import Dataset
 from .download import download_file, md5_bytes, verify_md5
 from .errors import DataError, DataFormatError, DataNotFoundError, DownloadError, UnsafePickleError
 from .image_folder import load_image_folder
@@ -73,25 +73,6 @@ ALLOWED_GLOBALS = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }
-
-
-@dataclass(frozen=True, eq=False)
-class Dataset:
-    """One split of CIFAR-10 in the original order (data_batch_1..5, or test_batch)."""
-
-    images: np.ndarray  # (N, 32, 32, 3) uint8, RGB, HWC
-    labels: np.ndarray  # (N,) uint8, indices into label_names
-    label_names: tuple[str, ...]
-    source: str  # which files the pixels came from, and how they were put in order
-
-    def __post_init__(self):
-        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[1:] != IMAGE_SHAPE:
-            raise ValueError(f"images must be uint8 (N, 32, 32, 3), got {self.images.dtype} {self.images.shape}")
-        if self.labels.dtype != np.uint8 or self.labels.shape != self.images.shape[:1]:
-            raise ValueError(f"labels must be uint8 ({len(self.images)},), got {self.labels.dtype} {self.labels.shape}")
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 def load_cifar10(
