@@ -1,0 +1,81 @@
+"""An exported model run in TFLite Micro and LiteRT against tinytrain's own float inference of the same graph:
+logit error, top-1 agreement and accuracy on labelled images; and the inference arena each side needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from tinytrain.arena import Arena
+from tinytrain.engine import Engine
+from tinytrain.graph import Graph
+from tinytrain.memory import MEASURING_ARENA_BYTES, measure_inference
+
+from .runtimes import RUNTIMES, TFLiteMicro
+
+
+@dataclass(frozen=True)
+class RuntimeAgreement:
+    runtime: str
+    max_relative_error: float  # over the images: max |logit - tinytrain's| / max |tinytrain's logit|
+    top1_agreement: float  # fraction of images whose top-1 class is float tinytrain's
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class Agreement:
+    images: int
+    tinytrain_accuracy: float  # float32, in the arena
+    runtimes: list[RuntimeAgreement]
+
+
+@dataclass(frozen=True)
+class InferenceArena:
+    tflite_micro_bytes: int  # TFLite Micro's arena used for this model (activations, then persistent structures)
+    tinytrain_peak_bytes: int  # tinytrain's measured float32 inference peak, layer by layer, for the same graph
+
+
+def preprocess(graph: Graph, image: np.ndarray) -> np.ndarray:
+    """(C, H, W) float32 network input of a uint8 (H, W, C) image: (pixel / 255 - mean) / std, as the engine does."""
+    mean = np.asarray(graph.preprocessing.mean, np.float32)
+    std = np.asarray(graph.preprocessing.std, np.float32)
+    scaled = image.astype(np.float32) * (1.0 / (255.0 * std)).astype(np.float32) + (-mean / std).astype(np.float32)
+    return np.ascontiguousarray(scaled.transpose(2, 0, 1))
+
+
+def relative_error(logits: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.abs(logits - reference).max() / max(float(np.abs(reference).max()), 1e-12))
+
+
+def measure_agreement(graph: Graph, model: bytes, images, labels: np.ndarray, progress: bool = True) -> Agreement:
+    """Each image (uint8 (H, W, C) at the graph's resolution) through tinytrain and through every runtime."""
+    engine = Engine(graph, Arena(MEASURING_ARENA_BYTES, tracing=False))
+    runtimes = [runtime(model) for runtime in RUNTIMES]
+    errors = np.zeros(len(runtimes))
+    agreeing = np.zeros(len(runtimes), np.int64)
+    hits = np.zeros(len(runtimes), np.int64)
+    tinytrain_hits = 0
+    count = len(labels)
+    for image, label in tqdm(zip(images, labels), total=count, desc="compare", unit="img", disable=not progress):
+        x = preprocess(graph, image)
+        reference = engine.infer(x)[graph.output_name]
+        tinytrain_hits += int(np.argmax(reference) == label)
+        sample = np.ascontiguousarray(x.transpose(1, 2, 0)[np.newaxis])  # (1, H, W, C)
+        for index, runtime in enumerate(runtimes):
+            logits = runtime.run(sample)
+            errors[index] = max(errors[index], relative_error(logits, reference))
+            agreeing[index] += int(np.argmax(logits) == np.argmax(reference))
+            hits[index] += int(np.argmax(logits) == label)
+    return Agreement(count, tinytrain_hits / count,
+                     [RuntimeAgreement(runtime.name, float(errors[index]), agreeing[index] / count, hits[index] / count)
+                      for index, runtime in enumerate(runtimes)])
+
+
+def measure_inference_arena(graph: Graph, model: bytes) -> InferenceArena:
+    """TFLite Micro's arena after one inference of `model`, beside tinytrain's inference peak of `graph`."""
+    micro = TFLiteMicro(model)
+    _, height, width = graph.input_shape
+    micro.run(np.zeros((1, height, width, graph.input_shape[0]), np.float32))
+    return InferenceArena(micro.arena_used_bytes(), measure_inference(graph, MEASURING_ARENA_BYTES).whole_step_peak_bytes)
