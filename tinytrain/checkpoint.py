@@ -11,19 +11,21 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tinytrain.arena import DEFAULT_CAPACITY
 from tinytrain.atomic import atomic_path
 from tinytrain.graph import Graph
 from tinytrain.graph_file import read_graph, write_graph
 from tinytrain.hdf5_attributes import read_attribute
 from tinytrain.hdf5_heap import check_global_heaps
+from tinytrain.plan import LAYER_BY_LAYER, MemorySchedule, PatchSpec
 
 FORMAT = "tinytrain-checkpoint"
 # 2 added the running sums of the unfinished epoch and the training time; 3 the model (graph_file.py), its
-# resolution and the class names, so that a checkpoint alone rebuilds the fine-tuned model
+# resolution, the class names, the arena and its memory schedule, so that a checkpoint alone runs the model
 FORMAT_VERSION = 3
 ATTRIBUTE_KINDS = {"format": str, "format_version": int, "step": int, "history": str, "config": str,
-                   "epoch_sums": str, "train_seconds": float, "resolution": int,
-                   "class_names": str}  # the root attributes save_checkpoint writes besides the graph's
+                   "epoch_sums": str, "train_seconds": float, "resolution": int, "class_names": str,
+                   "arena_bytes": int, "memory_schedule": str}  # the root attributes besides the graph's
 # h5py, json, check_global_heaps and read_graph on damage
 READ_ERRORS = (OSError, RuntimeError, KeyError, IndexError, TypeError, ValueError)
 
@@ -51,6 +53,8 @@ class TrainingState:
     epoch_sums: EpochSums = field(default_factory=EpochSums)
     train_seconds: float = 0.0  # wall time spent in training steps, over every session of the run
     class_names: list[str] = field(default_factory=list)  # label c's name is class_names[c]; empty before format 3
+    arena_bytes: int = DEFAULT_CAPACITY  # the run's arena, and how its steps ran in it: predictions run the same way
+    memory_schedule: MemorySchedule = LAYER_BY_LAYER
 
 
 def read_progress(path: Path) -> tuple[int, dict, list[str]]:
@@ -84,6 +88,8 @@ def save_checkpoint(path: Path, graph: Graph, state: TrainingState) -> None:
         file.attrs["train_seconds"] = state.train_seconds
         file.attrs["resolution"] = graph.input_shape[1]
         file.attrs["class_names"] = json.dumps(state.class_names)
+        file.attrs["arena_bytes"] = state.arena_bytes
+        file.attrs["memory_schedule"] = json.dumps(_schedule_record(state.memory_schedule))
         write_graph(file, graph)
         for name, values in state.momentum.items():
             file.create_dataset(f"momentum/{name}", data=values)
@@ -145,6 +151,8 @@ class TrainedModel:
 
     graph: Graph  # at the resolution it was trained at
     class_names: tuple[str, ...]  # label c's name is class_names[c]
+    arena_bytes: int  # the arena the run trained in
+    memory_schedule: MemorySchedule  # how its steps ran in that arena
     step: int  # training steps done when the checkpoint was written
     config: dict  # the run's TrainConfig, as a dict
 
@@ -169,6 +177,8 @@ def load_trained_model(path: str | Path) -> TrainedModel:
                                       f"format {FORMAT_VERSION} checkpoint")
             graph = read_graph(file, int(attrs["resolution"]))
             class_names = tuple(json.loads(attrs["class_names"]))
+            arena_bytes = int(attrs["arena_bytes"])
+            memory_schedule = _schedule_from_record(json.loads(attrs["memory_schedule"]), len(graph.layers))
             step, config = int(attrs["step"]), json.loads(attrs["config"])
     except OSError as error:
         raise CheckpointError(f"{path} is not a readable checkpoint ({error}); pass the checkpoint.h5 in a fine-tuning "
@@ -183,7 +193,22 @@ def load_trained_model(path: str | Path) -> TrainedModel:
               if not (np.isfinite(layer.weight).all() and np.isfinite(layer.bias).all())]
     if broken:
         raise CheckpointError(f"{path}: non-finite values in {', '.join(broken[:4])}; use an earlier checkpoint")
-    return TrainedModel(graph, class_names, step, config)
+    return TrainedModel(graph, class_names, arena_bytes, memory_schedule, step, config)
+
+
+def _schedule_record(schedule: MemorySchedule) -> dict:
+    return {"patches": [{"end_layer": spec.end_layer, "grid": list(spec.grid)} for spec in schedule.patches],
+            "in_place_depthwise": schedule.in_place_depthwise}
+
+
+def _schedule_from_record(record: dict, layer_count: int) -> MemorySchedule:
+    """The schedule _schedule_record stored; ValueError unless its stages follow one another inside the graph."""
+    patches = tuple(PatchSpec(int(spec["end_layer"]), (int(spec["grid"][0]), int(spec["grid"][1])))
+                    for spec in record["patches"])
+    ends = [0] + [spec.end_layer for spec in patches] + [layer_count]
+    if any(first >= end for first, end in zip(ends, ends[1:])) or any(min(spec.grid) < 1 for spec in patches):
+        raise ValueError(f"memory schedule {record} does not fit a graph of {layer_count} layers")
+    return MemorySchedule(patches, bool(record["in_place_depthwise"]))
 
 
 def _attributes(file: h5py.File) -> dict:

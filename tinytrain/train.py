@@ -268,7 +268,10 @@ class Trainer:
             self.engine.load_optimizer_state(state.momentum)
             self.coverage.touched = state.coverage
             self.last_good_checkpoint = state.step
-        state.class_names = list(self.class_names)  # a checkpoint of format 2 had none
+        # what predictions need besides the parameters (a checkpoint of format 2 had none of it)
+        state.class_names = list(self.class_names)
+        state.arena_bytes = self.config.arena_bytes
+        state.memory_schedule = self.memory_schedule
         self._train(state)
         results = self._results(state)
         results.write(self.results_path)
