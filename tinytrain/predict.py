@@ -25,7 +25,8 @@ class Predictor:
     """One arena and one engine for every image, as a device running the fine-tuned model would have them.
 
     The arena is the training run's (or `arena_bytes`), and the frozen front runs in the run's memory schedule, so
-    the inference peak is measured where the model was trained."""
+    the inference peak is measured where the model was trained. Every inference has the same peak: memory depends
+    on shapes, not pixels."""
 
     def __init__(self, model: TrainedModel, arena_bytes: int | None = None):
         self.model = model
@@ -35,6 +36,8 @@ class Predictor:
         except ValueError as error:  # a patch stage that does not fit the graph
             raise CheckpointError(f"the checkpoint's memory schedule does not fit its model ({error}); it is damaged: "
                                   "use another checkpoint") from error
+        # a dry run: an arena too small fails here (ArenaOverflow), before any image is read
+        self.engine.infer(np.zeros((self.resolution, self.resolution, 3), dtype=np.uint8))
 
     @property
     def resolution(self) -> int:
