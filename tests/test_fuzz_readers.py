@@ -33,7 +33,8 @@ from hypothesis import strategies as st
 from test_data import make_tar_gz, meta_pickle, random_split_data, trust, write_batches, write_image_folder
 from test_weights import KERAS_FILE, TORCHVISION_FILE, rewrite_sha256sums, save_torch, write_keras_h5
 
-from tinytrain.checkpoint import CheckpointError, TrainingState, load_checkpoint, read_progress, save_checkpoint
+from tinytrain.checkpoint import (CheckpointError, TrainingState, load_checkpoint, load_trained_model, read_progress,
+                                  save_checkpoint)
 from tinytrain.data import (LABEL_NAMES, DataError, DataFormatError, cifar10, load_cifar10, load_image_folder,
                             read_python_batches)
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
@@ -472,6 +473,7 @@ def test_checkpoint_fuzz(tmp_path, capsys):
         momentum={f"{head.name}.weight": np.zeros_like(head.weight)},
         coverage={head.name: np.zeros(head.weight.shape[:2], dtype=bool)},
         config={"resolution": 32, "lr": 0.01},
+        class_names=[f"class {label}" for label in range(10)],
     )
     path = tmp_path / "checkpoint.h5"
     save_checkpoint(path, graph, state)
@@ -479,6 +481,7 @@ def test_checkpoint_fuzz(tmp_path, capsys):
     def read(path: Path) -> None:
         read_progress(path)  # what a resume checks before any work
         load_checkpoint(path, graph)
+        load_trained_model(path)  # the model alone, as predictions read it
 
     fuzz_one_file(path, read, hdf5_structure(path), capsys, "checkpoint .h5")
 

@@ -15,12 +15,12 @@ from PIL import Image
 from tinytrain.checkpoint import load_trained_model
 from tinytrain.data import image_folder, read_image, scan_folder_dataset
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "finetune_cifar.py"
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 COLORS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "owl": (40, 40, 200)}
 
 
-def finetune_cifar():
-    spec = importlib.util.spec_from_file_location("finetune_cifar", SCRIPT)
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -49,7 +49,7 @@ def write_folder(root: Path, counts: dict[str, int], split: str = "") -> Path:
 
 
 def run_cli(capsys, *argv):
-    status = finetune_cifar().main(list(argv))
+    status = script("finetune_cifar").main(list(argv))
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 
@@ -197,6 +197,15 @@ def test_fine_tune_on_a_folder_records_its_classes_and_refuses_an_unreadable_ima
     model = load_trained_model(run / "checkpoint.h5")
     assert model.class_names == ("cat", "dog", "owl") and model.graph.num_classes == 3 and model.step == 9
     assert model.graph.input_shape == (3, 32, 32)
+
+    owl = root / "owl" / "3.png"
+    assert script("predict").main(["--checkpoint", str(run / "checkpoint.h5"), "--json", str(owl)]) == 0
+    document = json.loads(capsys.readouterr().out)
+    (prediction,) = document["predictions"]
+    assert prediction["image"] == str(owl) and {entry["class"] for entry in prediction["top"]} == set(COLORS)
+    probabilities = [entry["probability"] for entry in prediction["top"]]
+    assert probabilities == sorted(probabilities, reverse=True) and abs(sum(probabilities) - 1) < 1e-9
+    assert 0 < document["inference_peak_bytes"] <= document["arena_bytes"] == results["arena_bytes"]
 
     (root / "dog" / "2.jpg").write_bytes(b"not an image at all")
     status, _, err = run_cli(capsys, "--dataset", str(root), *common, "--output-dir", str(tmp_path / "again"))

@@ -175,9 +175,11 @@ def load_trained_model(path: str | Path) -> TrainedModel:
                 raise CheckpointError(f"{path} was written by an older tinytrain (checkpoint format {version}), "
                                       "without the model's layers and class names; fine-tune again to get a "
                                       f"format {FORMAT_VERSION} checkpoint")
-            graph = read_graph(file, int(attrs["resolution"]))
+            resolution, arena_bytes = int(attrs["resolution"]), int(attrs["arena_bytes"])
+            if resolution < 1 or arena_bytes < 1:
+                raise ValueError(f"resolution {resolution} and arena_bytes {arena_bytes} must be positive")
+            graph = read_graph(file, resolution)
             class_names = tuple(json.loads(attrs["class_names"]))
-            arena_bytes = int(attrs["arena_bytes"])
             memory_schedule = _schedule_from_record(json.loads(attrs["memory_schedule"]), len(graph.layers))
             step, config = int(attrs["step"]), json.loads(attrs["config"])
     except OSError as error:

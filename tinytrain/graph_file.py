@@ -58,6 +58,8 @@ def read_graph(file: h5py.File, resolution: int) -> Graph:
         layer = _layer_from_record(record, parameters, shapes, preprocessing)
         _check_parameters(layer, [shapes[name] for name in layer.inputs])
         shapes[layer.output] = layer.output_shape([shapes[name] for name in layer.inputs])
+        if min(shapes[layer.output]) < 1:
+            raise ValueError(f"{layer.name}: output shape {shapes[layer.output]} at {resolution}x{resolution} input")
         layers.append(layer)
     return Graph(layers, input_name, input_shape, preprocessing, blocks)
 
@@ -101,6 +103,8 @@ def _layer_from_record(record: dict, parameters: tuple[np.ndarray, np.ndarray] |
     weight, bias = parameters
     if issubclass(cls, SpatialConv):
         stride = record["stride"]
+        if not (isinstance(stride, int) and stride >= 1):
+            raise ValueError(f"{name}: stride {stride!r} is not a positive integer")
         padding = conv_padding(preprocessing.padding, shapes[inputs[0]][1], weight.shape[-1], stride)
         return cls(name, inputs, output, weight, bias, stride=stride, padding=padding, relu6=record["relu6"])
     return cls(name, inputs, output, weight, bias, relu6=record["relu6"])
