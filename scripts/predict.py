@@ -20,12 +20,12 @@ def parse_args(argv):
                     "resolution and class names. Each image (.jpg/.jpeg/.png, any size) is centre-cropped to a "
                     "square and resized to the model's resolution, as training images are, and run by the training "
                     "engine inside the run's own arena, in its memory schedule; the arena's measured inference peak "
-                    "is printed after the predictions. Every image is read before the first is classified.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "is printed after the predictions. Every image is read before the first is classified.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to classify")
     parser.add_argument("--checkpoint", required=True, help="checkpoint.h5 of a fine-tuning run")
     parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
-                        help="classes to print per image, the most probable first (at most the model's classes)")
+                        help=f"classes to print per image, the most probable first (default {DEFAULT_TOP_K}, or "
+                             "all the model's classes if it has fewer)")
     parser.add_argument("--arena-bytes", type=int,
                         help="arena capacity in bytes (default: the arena the run trained in)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")

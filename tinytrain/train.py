@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from tinytrain import paths
 from tinytrain.arena import DEFAULT_CAPACITY, Arena
 from tinytrain.budget import fit_schedule
 from tinytrain.checkpoint import EpochSums, TrainingState, load_checkpoint, read_progress, save_checkpoint
@@ -22,7 +23,6 @@ from tinytrain.graph import Graph
 from tinytrain.interrupt import StopRequest, TrainingInterrupted
 from tinytrain.memory import MEASURING_ARENA_BYTES, StepMemory, measure_training_step
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
-from tinytrain import paths
 from tinytrain.plan import UpdatePlan
 from tinytrain.pruned_model import load_pruned
 from tinytrain.results import ExactSubsetAccuracy, RunResults
@@ -122,14 +122,14 @@ def validate_config(config: TrainConfig, split_sizes: dict[str, int] | None = No
              "test_fraction", config.test_fraction, "a fraction in (0, 1)")
     _require(config.test_fraction is None or config.dataset is not None, "test_fraction", config.test_fraction,
              "left out for CIFAR-10, which has its own test split")
-    images = "the CIFAR-10 {split} images" if config.dataset is None else f"the {{split}} images of {config.dataset}"
+    source = "CIFAR-10" if config.dataset is None else config.dataset
     for field, split in (("train_subset", "train"), ("test_subset", "test")):
         value = getattr(config, field)
         if split_sizes is None:
             _require(value is None or value >= 1, field, value, "at least 1, or left out for all")
         else:
             _require(value is None or 1 <= value <= split_sizes[split], field, value,
-                     f"in 1..{split_sizes[split]:,} ({images.format(split=split)}), or left out for all")
+                     f"in 1..{split_sizes[split]:,} (the {split} images of {source}), or left out for all")
     _require(config.seed >= 0, "seed", config.seed, "0 or more")
     _require(config.checkpoint_every >= 1, "checkpoint_every", config.checkpoint_every, "at least 1")
     # Micro-batches never straddle an epoch or a checkpoint, so a resumed run starts on a batch boundary.
