@@ -46,7 +46,7 @@ def parse_args(argv):
                              "a class missing from a split is refused before training starts")
     parser.add_argument("--test-fraction", type=float,
                         help="--dataset of <class>/ folders: the fraction of each class's images held out for testing, "
-                             f"drawn from --seed (default {DEFAULT_TEST_FRACTION})")
+                             f"drawn from --seed; {DEFAULT_TEST_FRACTION} when left out")
     parser.add_argument("--policy", choices=POLICIES, default=DEFAULTS.policy,
                         help="which layers/channels train each step")
     parser.add_argument("--ratio", type=float, default=DEFAULTS.ratio,
