@@ -211,3 +211,17 @@ def test_fine_tune_on_a_folder_records_its_classes_and_refuses_an_unreadable_ima
     status, _, err = run_cli(capsys, "--dataset", str(root), *common, "--output-dir", str(tmp_path / "again"))
     assert status == 1 and error_line(err).startswith(
         f"error: {root}: dog/2.jpg: corrupt or truncated image (not an image format Pillow knows)")
+
+
+def test_more_classes_than_a_byte_holds_get_wider_labels(tmp_path):
+    root = tmp_path / "many"
+    for label in range(257):
+        folder = root / f"class{label:03d}"
+        folder.mkdir(parents=True)
+        for index in range(2):
+            Image.fromarray(np.full((4, 4, 3), label % 256, dtype=np.uint8)).save(folder / f"{index}.png")
+    dataset = scan_folder_dataset(root, test_fraction=0.5, progress=False)
+    assert len(dataset.class_names) == 257
+    train = dataset.load("train", 32, progress=False)
+    assert train.labels.dtype == np.uint16 and train.labels.tolist() == list(range(257))
+    assert (train.images[256] == 0).all() and (train.images[255] == 255).all()
