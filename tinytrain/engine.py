@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -19,9 +20,11 @@ from tinytrain.kernels.sgd import sgd_update
 from tinytrain.layers import Add, Depthwise, Pointwise, flat_channels
 from tinytrain.oplog import OpLog
 from tinytrain.patches import plan_patch_stage, run_patch_stage
-from tinytrain.placement import Placement, plan_placement
+from tinytrain.placement import plan_placement
 from tinytrain.plan import (GATHER, LAYER_BY_LAYER, RETAIN, MemorySchedule, StepSchedule, UpdatePlan, backward_macs,
                             schedule_step)
+from tinytrain.recorded_step import ChannelSlots, RecordedStep, plan_shape
+from tinytrain.step_table import StepTable, step_table
 
 _NO_MASK = np.zeros(0, dtype=np.uint8)
 _NO_MOMENTUM = np.zeros((0, 0, 0), dtype=np.float32)
@@ -98,8 +101,9 @@ class Engine:
         self.memory_schedule = memory_schedule
         self.plan_offsets = plan_offsets
         self.op_log: OpLog | None = None  # set to OpLog(arena) to record what each op reads and writes
+        self.call_timer = None  # set to a step_profile.CallTimer to time each call of the recorded steps
         self._written: list[int] = []  # tensors there before the current op that it writes into (its op log)
-        self._placements: dict[tuple, Placement] = {}  # step shape and what was live before it -> its offsets
+        self._tables: dict[tuple, tuple[StepTable, dict]] = {}  # step shape, what was live before -> its table
         # planned once: the tiles never change from one step to the next
         self.patch_stages = []
         for spec in memory_schedule.patches:
@@ -112,20 +116,32 @@ class Engine:
         self._all_channels: dict[int, np.ndarray] = {}
         self._momentum: dict[str, np.ndarray] = {}  # parameter name -> (rows, cols, taps) arena view, kind optim
         self._summed: dict[str, np.ndarray] = {}  # parameter name -> (n_rows, n_cols, taps) micro-batch gradient sum
+        self._programs: dict[tuple, RecordedStep] = {}  # step shape and what was live before it -> its kernel calls
+        self._tape: list | None = None  # the kernel calls of the step being recorded
+        # this step's inputs and results, which the recorded calls read and write
+        self._image: np.ndarray | None = None
+        self._label = 0
+        self._step_update: _Update | None = None
+        self._result: StepResult | None = None
+        self._copies: dict[str, np.ndarray] = {}
 
     # ----------------------------------------------------------------------------------------------------
     # public entry points
 
     def infer(self, image: np.ndarray, read: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
         """Forward only, nothing saved; returns host copies of the logits and of the tensors named in `read`."""
-        schedule = schedule_step(self.graph, UpdatePlan.frozen())
+        self._check_input(image)
+        self._image, self._copies = image, {}
         key = ("infer", tuple(sorted(read)), image.dtype.str)
+        if self._replay(key):
+            return self._copies
+        schedule = schedule_step(self.graph, UpdatePlan.frozen())
         rehearsal = lambda engine: engine.infer(np.zeros_like(image), read)  # noqa: E731
         read = set(read) | {self.graph.output_name}
-        with self._planned_offsets(key, rehearsal), self._rollback_on_error():
-            tensors, _, copies = self._forward(image, schedule, read)
+        with self._recording(key), self._planned_offsets(key, rehearsal), self._rollback_on_error():
+            tensors, _ = self._forward(schedule, read)
             self.arena.free(tensors.pop(self.graph.output_name))
-        return copies
+        return self._copies
 
     def train_step(self, image: np.ndarray, label: int, plan: UpdatePlan, sgd: SGD, apply_update: bool = True,
                    observe_gradient: GradientObserver | None = None,
@@ -142,37 +158,119 @@ class Engine:
             raise ValueError("micro-batches sum whole weight gradients; they cannot be combined with wgrad tiles")
         if not 0 <= label < self.graph.num_classes:
             raise ValueError(f"label {label} outside [0, {self.graph.num_classes})")
+        with self._rollback_on_error():  # a bad input abandons an unfinished micro-batch too
+            self._check_input(image)
+        self._image, self._label = image, label
+        self._step_update = _Update(sgd, apply_update, observe_gradient, micro_batch)
+        program_key, channels = None, None
+        if micro_batch.size == 1 and observe_gradient is None:
+            program_key = ("train", plan_shape(self.graph, plan), bool(sgd.momentum), image.dtype.str)
+            program = self._program(program_key)
+            if program is not None:
+                program.channels.refill(plan)
+                self._run(program)
+                return self._result
+            if self._replayable():
+                channels = ChannelSlots(self.graph, plan)
+                plan = channels.plan  # the recorded kernels read the channels from these arrays, refilled every step
         schedule = schedule_step(self.graph, plan)
-        key = None
+        key, rehearsal = None, None
         if micro_batch.size == 1:
-            key = ("train", _schedule_shape(schedule), bool(sgd.momentum), image.dtype.str)
-        rehearsal = lambda engine: engine.train_step(np.zeros_like(image), 0, plan, SGD(0.0, sgd.momentum),  # noqa: E731
+            key, rehearsal = self._training_shape(schedule, plan, sgd, image.dtype)
+        with self._recording(program_key, channels), self._planned_offsets(key, rehearsal), self._rollback_on_error():
+            tensors, saved = self._forward(schedule, set())
+            dlogits = self._loss(tensors.pop(self.graph.output_name))
+            self._backward(schedule, saved, dlogits, self._step_update)
+        return self._result
+
+    def training_step_table(self, plan: UpdatePlan, sgd: SGD = SGD(lr=0.0), image_dtype=np.uint8) -> StepTable:
+        """The step table of one training sample of `plan`'s shape in this engine's arena, with what is live in it
+        now: planned now if that shape has not run yet. ArenaOverflow if its offsets cannot fit the arena."""
+        if not self.plan_offsets:
+            raise ValueError("an engine with plan_offsets=False places tensors first-fit and plans no step table")
+        return self._planned(*self._training_shape(schedule_step(self.graph, plan), plan, sgd,
+                                                   np.dtype(image_dtype)))[0]
+
+    def _training_shape(self, schedule: StepSchedule, plan: UpdatePlan, sgd: SGD, image_dtype: np.dtype):
+        """The key of a training step's table, and the rehearsal that plans it (a blank image, no update)."""
+        key = ("train", _schedule_shape(schedule), bool(sgd.momentum), image_dtype.str)
+        blank = self._blank_image(image_dtype)
+        rehearsal = lambda engine: engine.train_step(blank, 0, plan, SGD(0.0, sgd.momentum),  # noqa: E731
                                                      apply_update=False)
-        with self._planned_offsets(key, rehearsal), self._rollback_on_error():
-            tensors, saved, _ = self._forward(image, schedule, set())
-            loss, prediction, dlogits = self._loss(tensors.pop(self.graph.output_name), label)
-            self._backward(schedule, saved, dlogits, _Update(sgd, apply_update, observe_gradient, micro_batch))
-        return StepResult(loss, prediction)
+        return key, rehearsal
+
+    def _blank_image(self, dtype: np.dtype) -> np.ndarray:
+        """Memory does not depend on pixel values: zeros, as uint8 pixels (H, W, C) or preprocessed (C, H, W)."""
+        channels, height, width = self.graph.input_shape
+        shape = (height, width, channels) if dtype == np.uint8 else (channels, height, width)
+        return np.zeros(shape, dtype=dtype)
+
+    # ----------------------------------------------------------------------------------------------------
+    # recorded steps: a step's kernel calls on its planned arena views, run again for every step of its shape
+
+    def _replayable(self) -> bool:
+        """Steps at planned offsets in an arena that keeps no trace and logs no ops: the arena's bookkeeping of a
+        recorded step would be the same every time, so later steps of its shape only call its kernels."""
+        return self.plan_offsets and not self.arena.tracing and self.op_log is None
+
+    def _program(self, key: tuple | None) -> RecordedStep | None:
+        if key is None or not self._replayable():
+            return None
+        return self._programs.get(key + (self.arena.live_blocks(),))
+
+    def _run(self, program: RecordedStep) -> None:
+        if self.call_timer is not None:
+            self.call_timer.run(program.calls)
+            return
+        for kernel, arguments in program.calls:
+            kernel(*arguments)
+
+    def _replay(self, key: tuple) -> bool:
+        program = self._program(key)
+        if program is None:
+            return False
+        self._run(program)
+        return True
+
+    @contextmanager
+    def _recording(self, key: tuple | None, channels: ChannelSlots | None = None):
+        """Record the kernel calls of the step run inside, and keep them for `key` if the step completes."""
+        if key is None or not self._replayable():
+            yield
+            return
+        fixed = self.arena.live_blocks()
+        self._tape = []
+        try:
+            yield
+            self._programs[key + (fixed,)] = RecordedStep(tuple(self._tape), channels)
+        finally:
+            self._tape = None
+
+    def _call(self, kernel: Callable, *arguments) -> None:
+        kernel(*arguments)
+        if self._tape is not None:
+            self._tape.append((kernel, arguments))
 
     # ----------------------------------------------------------------------------------------------------
     # forward
 
-    def _forward(self, image, schedule: StepSchedule, read: set[str]):
+    def _forward(self, schedule: StepSchedule, read: set[str]):
         arena, graph = self.arena, self.graph
         arena.op_index = 0
         if not self.patch_stages:
             input_kind = "saved" if graph.input_name in schedule.retained_by else "input"
             start = self._op_start()
             x = arena.alloc(graph.input_name, graph.input_shape, np.float32, input_kind)
-            self._load_input(x, image)
+            self._call(self._load_image, x)
             self._record(start, "load input", "load", "", ())
             tensors = {graph.input_name: x}
             first = 0
         else:
-            tensors = {self.patch_stages[-1].output: self._run_patch_stages(image, schedule)}
+            tensors = {self.patch_stages[-1].output: self._run_patch_stages(schedule)}
             first = self.patch_stages[-1].end_layer
         saved: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}  # layer -> (saved input, relu6 mask)
-        copies = {name: tensor.copy() for name, tensor in tensors.items() if name in read}
+        for name in read.intersection(tensors):
+            self._call(self._copy_out, name, tensors[name])
         fused = set()  # residual adds already done by the projection before them
         for index in range(first, len(graph.layers)):
             layer, step = graph.layers[index], schedule.layers[index]
@@ -190,7 +288,7 @@ class Engine:
                 # dW[k, c] = sum_p dY[k, p] X[c, p]: only the chosen input channels are ever needed
                 shape = (len(step.saved_channels),) + inputs[0].shape[1:]
                 saved_input = arena.alloc(f"{layer.name}.saved_input", shape, np.float32, "saved")
-                gather_channels(flat_channels(saved_input), flat_channels(inputs[0]), step.saved_channels)
+                self._call(gather_channels, flat_channels(saved_input), flat_channels(inputs[0]), step.saved_channels)
             residual_add = self._residual_add_in_place(index, schedule, read)
             if residual_add is not None:
                 # the projection is added straight into the residual stream, whose bytes become the add's output
@@ -201,7 +299,7 @@ class Engine:
                 out_kind = "saved" if add.output in schedule.retained_by else "activation"
                 residual_ids = self._ids(tensors[residual])  # before its bytes change hands
                 out = arena.reuse(tensors.pop(residual), add.output, graph.shapes[add.output], np.float32, out_kind)
-                layer.forward_into_residual(out, inputs[0], scratch)
+                self._call(layer.forward_into_residual, out, inputs[0], scratch)
                 arena.free(scratch)
                 self._record(start, f"fwd {layer.name} + {add.name}", "pointwise_add", layer.name,
                              reads + residual_ids, self._macs(layer), step.update)
@@ -209,30 +307,30 @@ class Engine:
                 saved[index] = (saved_input, None)
                 tensors[add.output] = out
                 if add.output in read:
-                    copies[add.output] = out.copy()
+                    self._call(self._copy_out, add.output, out)
                 self._free_dead_inputs(layer, index, schedule, tensors)
                 continue
             if self._runs_in_place(index, schedule, read):
                 scratch = arena.alloc(f"{layer.name}.scratch", inputs[0].shape[1:], np.float32, "scratch")
                 out = arena.reuse(tensors.pop(layer.inputs[0]), layer.output, graph.shapes[layer.output],
                                   np.float32, kind)
-                layer.forward_in_place(out, inputs[0], scratch)
+                self._call(layer.forward_in_place, out, inputs[0], scratch)
                 arena.free(scratch)
             else:
                 out = arena.alloc(layer.output, graph.shapes[layer.output], np.float32, kind)
-                layer.forward(out, *inputs)
+                self._call(layer.forward, out, *inputs)
             mask = None
             if layer.relu6:
                 if step.save_mask:
                     mask = arena.alloc(f"{layer.name}.relu6_mask", (math.ceil(out.size / 8),), np.uint8, "saved")
-                layer.apply_relu6(out, _NO_MASK if mask is None else mask, step.save_mask)
+                self._call(layer.apply_relu6, out, _NO_MASK if mask is None else mask, step.save_mask)
             self._record(start, f"fwd {layer.name}", layer.op_type, layer.name, reads, self._macs(layer), step.update)
             saved[index] = (saved_input, mask)
             tensors[layer.output] = out
             if layer.output in read:
-                copies[layer.output] = out.copy()
+                self._call(self._copy_out, layer.output, out)
             self._free_dead_inputs(layer, index, schedule, tensors)
-        return tensors, saved, copies
+        return tensors, saved
 
     def _free_dead_inputs(self, layer, index: int, schedule: StepSchedule, tensors: dict) -> None:
         for name in set(layer.inputs):
@@ -266,7 +364,7 @@ class Engine:
         return (schedule.last_forward_use[name] == index and name not in schedule.retained_by and name not in read
                 and name != self.graph.input_name)
 
-    def _run_patch_stages(self, image, schedule: StepSchedule) -> np.ndarray:
+    def _run_patch_stages(self, schedule: StepSchedule) -> np.ndarray:
         """The frozen front, tile by tile; returns the last stage's output, whole. The camera frame (uint8,
         H x W x 3) is the step's input in the arena; the first stage's tiles normalise only the pixels they read."""
         arena, graph = self.arena, self.graph
@@ -276,38 +374,42 @@ class Engine:
                 raise ValueError(f"{graph.layers[index].name} trains or passes a gradient in this plan, but the memory "
                                  f"schedule runs it in patches; patch only frozen layers before the first trained one")
         channels, height, width = graph.input_shape
-        self._check_input(image)
         start = self._op_start()
-        if image.dtype == np.uint8:
+        if self._image.dtype == np.uint8:
             source = arena.alloc(f"{graph.input_name}.frame", (height, width, channels), np.uint8, "input")
         else:
             source = arena.alloc(graph.input_name, graph.input_shape, np.float32, "input")
-        np.copyto(source, image)
+        self._call(self._copy_image, source)
         self._record(start, "load input", "load", "", ())
 
-        def load_frame(tile, region):
-            window = source[region.top:region.bottom, region.left:region.right]
-            normalize_image_forward(tile, window, self._pixel_scale, self._pixel_shift)
-
-        def load_window(tile, region):
-            np.copyto(tile, source[:, region.top:region.bottom, region.left:region.right])
-
-        load = load_frame if source.dtype == np.uint8 else load_window
+        # each load is bound to its own source: a recorded step calls it again long after this loop moved on
+        load = partial(self._load_frame_window, source) if source.dtype == np.uint8 else partial(_load_window, source)
         for stage in self.patch_stages:
             kind = "saved" if stage.output in schedule.retained_by else "activation"
             arena.op_index = stage.end_layer - 1
             out = arena.alloc(stage.output, graph.shapes[stage.output], np.float32, kind)
-            run_patch_stage(stage, graph, arena, source, load, out, self.op_log)
+            run_patch_stage(stage, graph, arena, source, load, out, self.op_log, self._call)
             arena.free(source)
-            source, load = out, load_window
+            source, load = out, partial(_load_window, out)
         return source
 
-    def _load_input(self, x: np.ndarray, image: np.ndarray) -> None:
-        self._check_input(image)
-        if image.dtype == np.uint8:
-            normalize_image_forward(x, image, self._pixel_scale, self._pixel_shift)
+    def _load_image(self, x: np.ndarray) -> None:
+        """x (C, H, W) <- this step's image: uint8 pixels (H, W, C) normalised, or a preprocessed float32 copied."""
+        if self._image.dtype == np.uint8:
+            normalize_image_forward(x, self._image, self._pixel_scale, self._pixel_shift)
         else:
-            np.copyto(x, image)
+            np.copyto(x, self._image)
+
+    def _load_frame_window(self, frame: np.ndarray, tile: np.ndarray, region) -> None:
+        """tile (C, h, w) <- the `region` of the camera frame (H, W, C) uint8, normalised."""
+        window = frame[region.top:region.bottom, region.left:region.right]
+        normalize_image_forward(tile, window, self._pixel_scale, self._pixel_shift)
+
+    def _copy_image(self, frame: np.ndarray) -> None:
+        np.copyto(frame, self._image)
+
+    def _copy_out(self, name: str, view: np.ndarray) -> None:
+        self._copies[name] = view.copy()
 
     def _check_input(self, image: np.ndarray) -> None:
         channels, height, width = self.graph.input_shape
@@ -323,21 +425,28 @@ class Engine:
         else:
             raise TypeError(f"input must be uint8 pixels (H, W, C) or a preprocessed float32 (C, H, W), got {image.dtype}")
 
-    def _loss(self, logits: np.ndarray, label: int):
+    def _loss(self, logits: np.ndarray) -> np.ndarray:
         arena = self.arena
         arena.op_index = len(self.graph.layers)
         start, reads = self._op_start(), self._ids(logits)
         probs = arena.alloc("loss.probs", logits.shape, np.float32, "saved")
-        loss = softmax_cross_entropy_forward(probs, logits, label)
-        prediction = int(np.argmax(logits))
+        self._call(self._loss_forward, probs, logits)
         arena.free(logits)
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(f"loss is {loss} (label {label}); lower the learning rate or check the input data")
         dlogits = arena.alloc(f"d{self.graph.output_name}", probs.shape, np.float32, "grad")
-        softmax_cross_entropy_backward(dlogits, probs, label)
+        self._call(self._loss_backward, dlogits, probs)
         arena.free(probs)
         self._record(start, "loss", "loss", "", reads)
-        return float(loss), prediction, dlogits
+        return dlogits
+
+    def _loss_forward(self, probs: np.ndarray, logits: np.ndarray) -> None:
+        loss = float(softmax_cross_entropy_forward(probs, logits, self._label))
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"loss is {loss} (label {self._label}); lower the learning rate or check the input "
+                                "data")
+        self._result = StepResult(loss, int(np.argmax(logits)))
+
+    def _loss_backward(self, dlogits: np.ndarray, probs: np.ndarray) -> None:
+        softmax_cross_entropy_backward(dlogits, probs, self._label)
 
     # ----------------------------------------------------------------------------------------------------
     # the op log (memory plan export)
@@ -364,7 +473,7 @@ class Engine:
 
     def _backward(self, schedule: StepSchedule, saved, dlogits, update: _Update) -> None:
         arena, graph = self.arena, self.graph
-        grads = _Gradients(arena)
+        grads = _Gradients(arena, self._call)
         grads.put(graph.output_name, dlogits)
         retained_holders = dict(schedule.retained_by)
         count = len(graph.layers)
@@ -391,7 +500,7 @@ class Engine:
             op_type = f"{layer.op_type}_backward"
             if mask is not None:
                 self._written.extend(self._ids(dout))  # masked in place
-                layer.relu6_backward(dout, mask)
+                self._call(layer.relu6_backward, dout, mask)
                 arena.free(mask)
             if self._backward_in_place(layer, step, grads):
                 # the bias gradient reads dout, so it comes first; dx then overwrites dout
@@ -399,7 +508,7 @@ class Engine:
                     self._update(layer, step, dout, saved_input, update)
                 scratch = arena.alloc(f"{layer.name}.scratch", dout.shape[1:], np.float32, "scratch")
                 dx = arena.reuse(dout, f"d{layer.inputs[0]}", graph.shapes[layer.inputs[0]], np.float32, "grad")
-                layer.backward_input_in_place(dx, dout, scratch)
+                self._call(layer.backward_input_in_place, dx, dout, scratch)
                 arena.free(scratch)
                 grads.hand_over(layer.inputs[0], dx)
                 if step.saved_input == GATHER:
@@ -410,7 +519,7 @@ class Engine:
                 dx, accumulate = grads.for_write(layer.inputs[0], graph.shapes[layer.inputs[0]])
                 if accumulate:
                     self._written.extend(self._ids(dx))
-                layer.backward_input(dx, dout, accumulate)
+                self._call(layer.backward_input, dx, dout, accumulate)
             if step.update is not None:
                 self._update(layer, step, dout, saved_input, update)
             if step.saved_input == GATHER:
@@ -435,7 +544,7 @@ class Engine:
         if layer_update.bias:
             rows = self._channels(layer.out_channels)
             dbias = arena.alloc(f"{layer.name}.dbias", (layer.out_channels,), np.float32, "wgrad")
-            layer.backward_bias(dbias, dout, rows)
+            self._call(layer.backward_bias, dbias, dout, rows)
             self._apply(update, f"{layer.name}.bias", layer.bias.reshape(-1, 1, 1), dbias.reshape(-1, 1, 1), rows,
                         _FIRST_COLUMN)
             arena.free(dbias)
@@ -452,7 +561,7 @@ class Engine:
                                       np.float32, "wgrad")
                 # depthwise: row j of the saved input belongs to out_channels[j], so it is tiled alongside
                 tile_input = saved_input[start:start + rows_per_tile] if layer.selects_input_by_output else saved_input
-                layer.backward_weight(dweight, dout, tile_input, rows)
+                self._call(layer.backward_weight, dweight, dout, tile_input, rows)
                 self._apply(update, f"{layer.name}.weight", layer.weight_rows_cols,
                             dweight.reshape(len(rows), len(cols), -1), rows, cols)
                 arena.free(dweight)
@@ -470,14 +579,19 @@ class Engine:
                 return
             total *= np.float32(1.0 / micro_batch.size)  # the batch mean, in place
             dweight = total
-        sgd = update.sgd
-        momentum = self._momentum_buffer(parameter, weight.shape) if sgd.momentum else _NO_MOMENTUM
-        if sgd.momentum:
+        momentum = self._momentum_buffer(parameter, weight.shape) if update.sgd.momentum else _NO_MOMENTUM
+        if update.sgd.momentum:
             self._written.extend(self._ids(momentum))
-        if update.apply:
-            sgd_update(weight, dweight, momentum, rows, cols, sgd.lr, sgd.momentum, sgd.weight_decay)
+        self._call(self._sgd_step, weight, dweight, momentum, rows, cols)
         if micro_batch.size > 1:
             self.arena.free(self._summed.pop(parameter))
+
+    def _sgd_step(self, weight, dweight, momentum, rows, cols) -> None:
+        """The SGD update of this step's settings (its learning rate changes from step to step)."""
+        update = self._step_update
+        if update.apply:
+            sgd = update.sgd
+            sgd_update(weight, dweight, momentum, rows, cols, sgd.lr, sgd.momentum, sgd.weight_decay)
 
     def _channels(self, count: int) -> np.ndarray:
         if count not in self._all_channels:
@@ -518,43 +632,51 @@ class Engine:
 
     @contextmanager
     def _planned_offsets(self, key: tuple | None, rehearsal: Callable[[Engine], object]):
-        """Run the step at offsets planned for its shape (`key`; None: first-fit) and for the blocks live now."""
+        """Run the step at the offsets of its table (`key`: its shape; None: first-fit), planned for the blocks
+        live now the first time that shape runs."""
         if not self.plan_offsets or key is None:
             yield
             return
-        fixed = self.arena.live_blocks()
-        key = key + (fixed,)
-        placement = self._placements.get(key)
-        if placement is None:
-            placement = self._rehearse(rehearsal, fixed)
-            if placement.high_water_bytes > self.arena.usable_bytes:
-                raise ArenaOverflow(self._placement_overflow(placement))
-            self._placements[key] = placement
-        self.arena.use_placement(placement.offsets)
+        table, offsets = self._planned(key, rehearsal)
+        self.arena.use_placement(offsets)
         try:
             yield
         finally:
             self.arena.use_placement(None)
 
-    def _rehearse(self, rehearsal: Callable[[Engine], object], fixed) -> Placement:
-        """One step of the same shape in a large arena, first-fit, traced; its lifetimes give the offsets."""
+    def _planned(self, key: tuple, rehearsal: Callable[[Engine], object]) -> tuple[StepTable, dict]:
+        """The step table of shape `key` with what is live now, and its offsets; planned if it is new.
+        ArenaOverflow if its planned offsets do not fit this arena."""
+        key = key + (self.arena.live_blocks(),)
+        if key not in self._tables:
+            table = self._rehearse(rehearsal, key[-1])
+            if table.high_water_bytes > self.arena.usable_bytes:
+                raise ArenaOverflow(self._overflow_message(table))
+            self._tables[key] = table, table.offsets()
+        return self._tables[key]
+
+    def _rehearse(self, rehearsal: Callable[[Engine], object], fixed) -> StepTable:
+        """One step of the same shape in a large arena, first-fit, traced and op-logged: its lifetimes give the
+        offsets, its op log the ops."""
         engine = Engine(self.graph, Arena(REHEARSAL_ARENA_BYTES), self.wgrad_tile_bytes, self.memory_schedule,
                         plan_offsets=False)
         for parameter, buffer in self._momentum.items():  # live before the step here: fixed blocks, not traced
             engine._momentum_buffer(parameter, buffer.shape)
-        engine.arena.reset_peak()
+        arena = engine.arena
+        arena.reset_peak()
+        engine.op_log = OpLog(arena)
         rehearsal(engine)
-        placement = plan_placement(engine.arena.trace, self.arena.alignment, fixed)
-        return replace(placement, peak_op_index=engine.arena.peak_op_index,
-                       live_at_peak=tuple(engine.arena.live_at_peak))
+        placement = plan_placement(arena.trace, self.arena.alignment, fixed)
+        return step_table(arena.trace, engine.op_log.events, placement, self.arena.alignment, arena.peak_bytes,
+                          arena.peak_bytes_by_kind, arena.peak_op_index, tuple(arena.live_at_peak))
 
-    def _placement_overflow(self, placement: Placement) -> str:
+    def _overflow_message(self, table: StepTable) -> str:
         op_names = StepSchedule.op_names_of(self.graph)
-        fullest = sum(allocation.nbytes for allocation in placement.live_at_peak)
-        return (f"arena overflow when planning the step: its offsets need {placement.high_water_bytes:,} B, the arena "
-                f"has {self.arena.capacity:,} B. Fullest at op {placement.peak_op_index} "
-                f"({op_names[placement.peak_op_index]}), {fullest:,} B live; the largest tensors there:\n"
-                f"{describe_tensors(placement.live_at_peak)}\n"
+        fullest = sum(allocation.nbytes for allocation in table.live_at_peak)
+        return (f"arena overflow when planning the step: its offsets need {table.high_water_bytes:,} B, the arena "
+                f"has {self.arena.capacity:,} B. Fullest at op {table.peak_op} "
+                f"({op_names[table.peak_op]}), {fullest:,} B live; the largest tensors there:\n"
+                f"{describe_tensors(table.live_at_peak)}\n"
                 "  Fix: enlarge the arena (--arena-bytes), lower the input resolution, train fewer layers/channels, "
                 "or use a leaner memory schedule (patches, depthwise in place).")
 
@@ -575,6 +697,11 @@ class Engine:
             raise
 
 
+def _load_window(source: np.ndarray, tile: np.ndarray, region) -> None:
+    """tile (C, h, w) <- the `region` of source (C, H, W)."""
+    np.copyto(tile, source[:, region.top:region.bottom, region.left:region.right])
+
+
 def _schedule_shape(schedule: StepSchedule) -> tuple:
     """What decides a training step's allocations: per layer what it computes and saves, and how many channels."""
     return tuple((step.runs_backward, step.input_needs_grad, step.save_mask, step.saved_input,
@@ -589,8 +716,9 @@ class _Gradients:
     may be held under several names; it is freed when its last holder releases it, and copied before anyone
     writes into it while it is shared."""
 
-    def __init__(self, arena: Arena):
+    def __init__(self, arena: Arena, call: Callable):
         self.arena = arena
+        self.call = call  # runs (and, while a step is recorded, records) a kernel
         self.by_tensor: dict[str, np.ndarray] = {}
         self.holders: dict[int, int] = {}  # arena offset -> number of holders
 
@@ -637,12 +765,12 @@ class _Gradients:
             return
         self._make_exclusive(name)
         target = self.by_tensor[name]
-        add_forward(target.reshape(-1), target.reshape(-1), view.reshape(-1))
+        self.call(add_forward, target.reshape(-1), target.reshape(-1), view.reshape(-1))
 
     def _make_exclusive(self, name: str) -> None:
         view = self.by_tensor[name]
         if self.holders[self.arena.offset_of(view)] > 1:
             copy = self.arena.alloc(f"d{name}", view.shape, np.float32, "grad")
-            np.copyto(copy, view)
+            self.call(np.copyto, copy, view)
             self.release(view)
             self.put(name, copy)

@@ -182,12 +182,17 @@ def _plan_tile(graph: Graph, layers, source: str, output_region: Region) -> Tile
     return Tile(output_region, need[source], tuple(tile_layers), macs)
 
 
+def _call_now(kernel, *arguments) -> None:
+    kernel(*arguments)
+
+
 def run_patch_stage(stage: PatchStage, graph: Graph, arena, source: np.ndarray, load_source, output: np.ndarray,
-                    op_log: OpLog | None = None) -> None:
+                    op_log: OpLog | None = None, call=_call_now) -> None:
     """Fill `output` (the stage's last tensor, whole) tile by tile; every tile buffer lives in `arena`.
 
     `load_source(tile_source, region)` writes the `region` of `source` (the stage's source tensor, or the camera
     frame it is normalised from) into the (C, h, w) view `tile_source`. `op_log` records each op of each tile.
+    `call(kernel, *arguments)` runs each kernel (the engine's also records it, see recorded_step.py).
     """
     channels = graph.shapes[stage.source][0]
     for number, tile in enumerate(stage.tiles):
@@ -196,7 +201,7 @@ def run_patch_stage(stage: PatchStage, graph: Graph, arena, source: np.ndarray, 
         start = op_log.start() if op_log else 0
         live = {stage.source: arena.alloc(f"{stage.source}.tile", (channels, region.height, region.width),
                                           np.float32, "activation")}
-        load_source(live[stage.source], region)
+        call(load_source, live[stage.source], region)
         if op_log:
             op_log.record(start, f"fwd {stage.source}{suffix}", "load", "", op_log.ids(source))
         for step in tile.layers:
@@ -206,16 +211,16 @@ def run_patch_stage(stage: PatchStage, graph: Graph, arena, source: np.ndarray, 
             out = arena.alloc(f"{layer.output}.tile", (graph.shapes[layer.output][0], step.region.height,
                                                        step.region.width), np.float32, "activation")
             if isinstance(layer, SpatialConv):
-                layer.forward_padded(out, inputs[0], step.pad_top, step.pad_left)
+                call(layer.forward_padded, out, inputs[0], step.pad_top, step.pad_left)
             elif isinstance(layer, Pointwise):
-                layer.forward(out, inputs[0])
+                call(layer.forward, out, inputs[0])
             else:
                 (row_a, column_a), (row_b, column_b) = step.input_offsets
                 height, width = step.region.height, step.region.width
-                np.add(inputs[0][:, row_a:row_a + height, column_a:column_a + width],
-                       inputs[1][:, row_b:row_b + height, column_b:column_b + width], out=out)
+                call(np.add, inputs[0][:, row_a:row_a + height, column_a:column_a + width],
+                     inputs[1][:, row_b:row_b + height, column_b:column_b + width], out)
             if layer.relu6:
-                layer.apply_relu6(out, _NO_MASK, False)
+                call(layer.apply_relu6, out, _NO_MASK, False)
             if op_log:
                 macs = int(layer.weight.size) * out.shape[1] * out.shape[2] if layer.has_weight else 0
                 op_log.record(start, f"fwd {layer.name}{suffix}", layer.op_type, layer.name, op_log.ids(*inputs),
@@ -227,8 +232,8 @@ def run_patch_stage(stage: PatchStage, graph: Graph, arena, source: np.ndarray, 
         owned = tile.output_region
         tile_out = live.pop(stage.output)
         start = op_log.start() if op_log else 0
-        output[:, owned.top:owned.bottom, owned.left:owned.right] = tile_out[
-            :, owned.top - last.top:owned.bottom - last.top, owned.left - last.left:owned.right - last.left]
+        call(np.copyto, output[:, owned.top:owned.bottom, owned.left:owned.right],
+             tile_out[:, owned.top - last.top:owned.bottom - last.top, owned.left - last.left:owned.right - last.left])
         if op_log:
             op_log.record(start, f"fwd {stage.output}{suffix}", "copy", "", op_log.ids(tile_out),
                           written=op_log.ids(output))
