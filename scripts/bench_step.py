@@ -10,18 +10,14 @@ import os
 import statistics
 import sys
 import time
-from collections import defaultdict
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable
-from unittest import mock
 
 import numba
 import numpy as np
 import torch
 from tqdm import tqdm
 
-import tinytrain.engine as engine_module
 from tinytrain.arena import DEFAULT_CAPACITY, Arena
 from tinytrain.budget import fit_schedule
 from tinytrain.cpu import cpu_seconds, other_cores_busy
@@ -30,6 +26,7 @@ from tinytrain.graph import Graph
 from tinytrain.memory import MEASURING_ARENA_BYTES
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.sparse import make_policy
+from tinytrain.step_profile import OUTSIDE_KERNELS, profile_training
 from tinytrain.torch_reference import TorchGraph
 
 CASES = ("inference", "dense", "last-k", "dynamic", "dynamic-lean")
@@ -52,8 +49,9 @@ def parse_args(argv):
                     "initialised: timing does not depend on their values, so no pretrained download is needed. "
                     "Each figure is the median over --repeats timed steps; the first call of each case (Numba "
                     "compile or cache load, PyTorch's first-call setup) is excluded and printed separately. Also "
-                    "printed: a per-op profile of tinytrain's dynamic step and the achieved inference GFLOP/s next "
-                    "to this machine's float32 matmul rate. PyTorch runs on torch.set_num_threads(os.cpu_count()); "
+                    "printed: a per-op profile of tinytrain's dynamic and dynamic-lean steps (each kernel call of "
+                    "the recorded steps timed; what remains is the time outside kernels) and the achieved inference "
+                    "GFLOP/s next to this machine's float32 matmul rate. PyTorch runs on torch.set_num_threads(os.cpu_count()); "
                     "Numba on its default, one thread per core. Run it on an otherwise idle machine: the report "
                     "says how much CPU other processes took meanwhile; re-run when that is not near 0.")
     parser.add_argument("--resolution", type=int, nargs="+", default=[32, 128],
@@ -64,7 +62,7 @@ def parse_args(argv):
                         help="untimed steps per case and framework after the first call, so that caches and "
                              "thread pools settle (default 3)")
     parser.add_argument("--profile-steps", type=int, default=10,
-                        help="instrumented tinytrain dynamic steps the profile averages over (default 10)")
+                        help="instrumented tinytrain steps each profile averages over (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, the image and the channel draws")
     parser.add_argument("--json", action="store_true",
                         help="print only a JSON list of {case, tinytrain_ms, torch_ms, speedup, resolution} on "
@@ -149,90 +147,6 @@ def run_case(case: str, graph: Graph, engine: Engine, image: np.ndarray, x: torc
 
 
 # --------------------------------------------------------------------------------------------------------
-# profile of one tinytrain dynamic step
-
-# Kernels the engine calls itself rather than through a layer, by the names tinytrain.engine imports them under,
-# and the engine's per-step bookkeeping that is worth seeing apart from its Python loop.
-ENGINE_FUNCTIONS = (
-    ("normalize_image_forward", ("forward", "input normalisation")),
-    ("gather_channels", ("forward", "gather of saved input channels")),
-    ("softmax_cross_entropy_forward", ("loss", "softmax cross-entropy")),
-    ("softmax_cross_entropy_backward", ("loss", "softmax cross-entropy")),
-    ("add_forward", ("backward", "residual gradient sum")),
-    ("sgd_update", ("backward", "SGD update")),
-    ("schedule_step", ("step", "schedule_step (plan -> schedule)")),
-)
-LAYER_METHODS = (  # (method, phase, op suffix); the op is "<layer type> <suffix>"
-    ("forward", "forward", ""),
-    ("apply_relu6", "forward", "ReLU6"),
-    ("relu6_backward", "backward", "ReLU6"),
-    ("backward_input", "backward", "dinput"),
-    ("backward_weight", "backward", "dweight"),
-    ("backward_bias", "backward", "dbias"),
-)
-ENGINE_REST = ("step", "engine Python (dispatch, dicts, views)")
-
-
-@dataclass(frozen=True)
-class Profile:
-    ms: dict[tuple[str, str], float]  # (phase, op) -> mean ms per step
-    step_ms: float  # mean instrumented step, policy draw included
-    forward_macs: dict[str, int]  # layer type -> MACs of all its forward calls, for GFLOP/s
-
-
-@contextmanager
-def instrumented(engine: Engine, seconds: dict):
-    """Add the time of every kernel call of a step to seconds[(phase, op)]. Layer methods are wrapped on the layer
-    instances, the engine's own kernels in the tinytrain.engine namespace, alloc and free on its arena instance;
-    no library file changes, and all of it is undone on exit. No wrapped call runs another, so nothing counts twice."""
-    with ExitStack() as stack:
-        def wrap(owner, attribute: str, key: tuple[str, str]) -> None:
-            function = getattr(owner, attribute)
-
-            def timed(*args):
-                start = time.perf_counter()
-                result = function(*args)
-                seconds[key] += time.perf_counter() - start
-                return result
-            stack.enter_context(mock.patch.object(owner, attribute, timed))
-
-        for layer in engine.graph.layers:
-            for attribute, phase, what in LAYER_METHODS:
-                if hasattr(layer, attribute):
-                    op = "ReLU6" if what == "ReLU6" else f"{type(layer).__name__} {what}".strip()
-                    wrap(layer, attribute, (phase, op))
-        for name, key in ENGINE_FUNCTIONS:
-            wrap(engine_module, name, key)
-        for attribute in ("alloc", "free"):
-            wrap(engine.arena, attribute, ("step", "arena alloc/free"))
-        yield
-
-
-def profile_dynamic(graph: Graph, image: np.ndarray, steps: int, seed: int) -> Profile:
-    """Where a dynamic step's time goes, averaged over `steps` instrumented steps. What no wrapped call accounts
-    for is the engine's own Python: its layer loop, gradient routing, dicts and array views."""
-    engine = Engine(graph, Arena(MEASURING_ARENA_BYTES, tracing=False))
-    policy = make_policy("dynamic", graph, seed=seed)
-    sgd = SGD(lr=LEARNING_RATE)
-    seconds = defaultdict(float)
-    total = 0.0
-    with instrumented(engine, seconds):
-        for step in range(steps):
-            start = time.perf_counter()
-            plan = policy.plan(step, 0)
-            drawn = time.perf_counter()
-            engine.train_step(image, step % NUM_CLASSES, plan, sgd)
-            seconds[("step", "policy channel draw")] += drawn - start
-            total += time.perf_counter() - start
-    seconds[ENGINE_REST] = total - sum(seconds.values())
-    forward_macs = defaultdict(int)
-    for layer in graph.layers:
-        forward_macs[type(layer).__name__] += layer.macs([graph.shapes[name] for name in layer.inputs])
-    return Profile({key: 1000 * value / steps for key, value in seconds.items()}, 1000 * total / steps,
-                   dict(forward_macs))
-
-
-# --------------------------------------------------------------------------------------------------------
 # throughput
 
 
@@ -308,17 +222,18 @@ def print_report(results: list[CaseResult], profiles: dict, macs: dict, rates: t
     say(f"  float32 {MATMUL_SIZE}x{MATMUL_SIZE} matmul: NumPy np.matmul {numpy_rate:.1f} GFLOP/s "
         f"(OpenBLAS, {os.environ.get('OPENBLAS_NUM_THREADS')} thread as tinytrain sets it), torch.mm "
         f"{torch_rate:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
-    for resolution, profile in profiles.items():
-        dynamic = next(r for r in results if r.resolution == resolution and r.case == "dynamic")
+    for (resolution, case), profile in profiles.items():
+        timed = next(r for r in results if r.resolution == resolution and r.case == case)
         say()
-        say(f"tinytrain dynamic step at {resolution}x{resolution} by op: mean of {args.profile_steps} instrumented "
-            f"steps {profile.step_ms:.2f} ms (uninstrumented median {dynamic.tinytrain.median_ms:.2f} ms)")
-        say(f"  {'phase':<9}{'op':<40}{'ms':>8}{'share':>7}{'GFLOP/s':>9}")
+        say(f"tinytrain {case} step at {resolution}x{resolution} by op: mean of {args.profile_steps} instrumented "
+            f"steps {profile.step_ms:.2f} ms (uninstrumented median {timed.tinytrain.median_ms:.2f} ms); outside "
+            f"kernels {profile.ms[OUTSIDE_KERNELS]:.3f} ms")
+        say(f"  {'phase':<9}{'op':<50}{'ms':>8}{'share':>7}{'GFLOP/s':>9}")
         rows = sorted(profile.ms.items(), key=lambda item: (PHASES.index(item[0][0]), -item[1]))
         for (phase, op), ms in rows:
             macs = profile.forward_macs.get(op, 0) if phase == "forward" else 0
             rate = f"{2 * macs / ms / 1e6:9.2f}" if macs else ""
-            say(f"  {phase:<9}{op:<40}{ms:>8.3f}{ms / profile.step_ms:>7.1%}{rate}")
+            say(f"  {phase:<9}{op:<50}{ms:>8.3f}{ms / profile.step_ms:>7.1%}{rate}")
 
 
 def main(argv=None) -> int:
@@ -342,7 +257,10 @@ def main(argv=None) -> int:
         x = torch.from_numpy(np.ascontiguousarray(((image / np.float32(255) - mean) / std).transpose(2, 0, 1)[None]))
         for case in CASES:
             results.append(run_case(case, graph, lean_engine if case == "dynamic-lean" else engine, image, x, args))
-        profiles[resolution] = profile_dynamic(graph, image, args.profile_steps, args.seed)
+        for case, profiled in (("dynamic", engine), ("dynamic-lean", lean_engine)):
+            profiles[resolution, case] = profile_training(profiled, make_policy("dynamic", graph, seed=args.seed),
+                                                          image, args.profile_steps, SGD(lr=LEARNING_RATE),
+                                                          NUM_CLASSES)
     rates = machine_matmul_rates(args.seed)
     disturbance = other_load(before, cpu_seconds())
     print_report(results, profiles, macs, rates, disturbance, args, out)
