@@ -188,12 +188,12 @@ class Arena:
     def offset_of(self, view: np.ndarray) -> int:
         return view.__array_interface__["data"][0] - self._base_address
 
-    def trace_position_of(self, view: np.ndarray) -> int:
-        """Where in the trace the live allocation starting at `view` was made."""
+    def trace_position_of(self, view: np.ndarray) -> int | None:
+        """Where in the trace the live allocation starting at `view` was made; None if before the trace began."""
         offset = self.offset_of(view)
         if offset not in self._live:
             raise ValueError("trace_position_of() got an array that is not the start of a live arena allocation")
-        return self._trace_positions[offset]
+        return self._trace_positions.get(offset)
 
     def is_live(self, view: np.ndarray) -> bool:
         return self.offset_of(view) in self._live

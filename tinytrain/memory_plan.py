@@ -1,7 +1,8 @@
 """The memory plan of one training step for MCU simulators: each tensor where the arena put it, each op; JSON or C.
 
-The plan is read off the arena trace of one real step, so each offset is the one the arena used, not a re-plan, and
-its ops off the engine's op log of that step (oplog.py): each op's inputs and outputs are the blocks it touched.
+The plan is the engine's step table (step_table.py): the offsets every step of that shape runs at, and the ops of
+its op log (oplog.py), each op's inputs and outputs the blocks it touched. `build_memory_plan` checks the table
+against one real step measured in the arena before it returns it.
 
 JSON schema ("tinytrain-memory-plan", schema_version 2): one object with
 
@@ -63,20 +64,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from tinytrain.arena import KINDS, Arena, TraceEvent
+from tinytrain.arena import KINDS, Arena
 from tinytrain.atomic import atomic_path
-from tinytrain.engine import SGD
+from tinytrain.engine import SGD, Engine
 from tinytrain.graph import Graph
 from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Linear, Pointwise
 from tinytrain.memory import MEASURING_ARENA_BYTES, dry_run_with_op_log
 from tinytrain.oplog import OpEvent
 from tinytrain.plan import LAYER_BY_LAYER, MemorySchedule, UpdatePlan
+from tinytrain.step_table import NOT_FREED, OpRecord, TensorRecord, ops_from_log, tensors_from_trace
 
 SCHEMA = "tinytrain-memory-plan"
 SCHEMA_VERSION = 2
@@ -84,38 +83,7 @@ SCHEMA_VERSION = 2
 _LAYER_TYPES = tuple(layer.op_type for layer in (Conv2d, Depthwise, Pointwise, Add, GlobalAvgPool, Linear))
 OP_TYPES = (("load", "copy", "pointwise_add") + _LAYER_TYPES + ("loss",)
             + tuple(f"{op_type}_backward" for op_type in _LAYER_TYPES))
-NOT_FREED = -1  # free_event of a tensor that outlives the step
 C_PREFIX_PATTERN = r"[A-Z][A-Z0-9]*"  # of the header's identifiers: PREFIX_ARENA_BYTES, prefix_op
-
-
-@dataclass(frozen=True)
-class TensorRecord:
-    name: str  # unique in the plan
-    arena_name: str
-    kind: str
-    dtype: str
-    shape: tuple[int, ...]
-    nbytes: int
-    offset: int  # from the arena's aligned start
-    first_op: int
-    last_op: int  # inclusive
-    alloc_event: int  # position in the step's trace
-    free_event: int  # NOT_FREED if it outlives the step
-
-
-@dataclass(frozen=True)
-class OpRecord:
-    index: int
-    name: str
-    type: str
-    layer: str  # "" for the loss
-    inputs: tuple[str, ...]  # tensor names
-    outputs: tuple[str, ...]
-    macs: int
-    trains_weight: bool
-    trains_bias: bool
-    out_channels: tuple[int, ...]  # trained weight rows
-    in_channels: tuple[int, ...]  # trained input channels
 
 
 @dataclass
@@ -260,67 +228,37 @@ class MemoryPlan:
 def build_memory_plan(graph: Graph, update_plan: UpdatePlan, arena_bytes: int = MEASURING_ARENA_BYTES,
                       sgd: SGD = SGD(lr=0.0), wgrad_tile_bytes: int | None = None, provenance: dict | None = None,
                       memory_schedule: MemorySchedule = LAYER_BY_LAYER) -> MemoryPlan:
-    """Dry-run one training step (no weight changes) in a fresh tracing arena and read its plan off the trace and
-    the engine's op log. Raises ArenaOverflow if the step does not fit `arena_bytes`."""
-    arena, op_log = dry_run_with_op_log(graph, update_plan, arena_bytes, sgd, wgrad_tile_bytes, memory_schedule)
-    return memory_plan_from_arena(arena, op_log, provenance)
+    """The engine's step table of one training sample of `update_plan` in an arena of `arena_bytes`, checked
+    against a real step: a dry run (no weight changes) at the table's offsets in an arena filled with a sentinel
+    must write only where the table says each op writes, and the arena must measure the table's peak and offsets.
+    Raises ArenaOverflow if the step does not fit `arena_bytes`."""
+    engine = Engine(graph, Arena(arena_bytes), wgrad_tile_bytes, memory_schedule)
+    table = engine.training_step_table(update_plan, sgd)
+    arena, op_log = dry_run_with_op_log(graph, update_plan, arena_bytes, sgd, wgrad_tile_bytes, memory_schedule,
+                                        checked=True)
+    measured = memory_plan_from_arena(arena, op_log)
+    planned = MemoryPlan(arena_bytes, table.alignment, table.peak_bytes, dict(table.peak_bytes_by_kind),
+                         table.high_water_bytes, list(table.tensors), list(table.ops), dict(provenance or {}))
+    for what in ("peak_bytes", "peak_bytes_by_kind", "high_water_bytes", "tensors", "ops"):
+        if getattr(measured, what) != getattr(planned, what):
+            raise AssertionError(f"the step measured in the arena differs from its step table in {what}")
+    return planned
 
 
 def memory_plan_from_arena(arena: Arena, op_log: list[OpEvent], provenance: dict | None = None) -> MemoryPlan:
-    """The plan of the one training step whose trace `arena` holds and whose ops `op_log` recorded.
+    """The plan of the one training step whose trace `arena` holds and whose ops `op_log` recorded, at the offsets
+    the arena gave its tensors.
 
     The trace must cover exactly that step, from an arena with nothing live (a fresh one, or `reset_peak()` on an
     empty one just before): a tensor allocated before the trace began has no recorded offset or lifetime.
     """
     last_op = max((event.op_index for event in op_log), default=0)
-    tensors = _tensors_from_trace(arena.trace, last_op)
+    tensors = tensors_from_trace(arena.trace, last_op)
     if sum(tensor.nbytes for tensor in tensors if tensor.free_event == NOT_FREED) != arena.live_bytes:
         raise ValueError("the arena holds tensors allocated before its trace began; build the plan from a fresh "
                          "arena (or call reset_peak() on an empty one) and run exactly one training step")
-    name_of = {tensor.alloc_event: tensor.name for tensor in tensors}
-    ops = [OpRecord(event.op_index, event.name, event.op_type, event.layer,
-                    tuple(name_of[position] for position in event.reads),
-                    tuple(name_of[position] for position in event.writes), event.macs, event.trains_weight,
-                    event.trains_bias, event.out_channels, event.in_channels) for event in op_log]
     return MemoryPlan(arena.capacity, arena.alignment, arena.peak_bytes, dict(arena.peak_bytes_by_kind),
-                      arena.high_water_bytes, tensors, ops, dict(provenance or {}))
-
-
-def _tensors_from_trace(trace: list[TraceEvent], last_op: int) -> list[TensorRecord]:
-    """Pair each alloc event with its free (by offset: a live block has one owner) into one record per allocation."""
-    open_allocations: dict[int, tuple[int, TraceEvent]] = {}  # offset -> (trace position, alloc event)
-    spans: list[tuple[int, TraceEvent, int, int]] = []  # (alloc position, alloc event, free position, last op)
-    previous_op = 0
-    for position, event in enumerate(trace):
-        if event.op_index < previous_op:
-            raise ValueError(f"trace op indices fall from {previous_op} to {event.op_index} at event {position}: it "
-                             "covers more than one step; call reset_peak() before the step to be exported")
-        previous_op = event.op_index
-        if event.action == "alloc":
-            open_allocations[event.offset] = (position, event)
-        elif event.offset in open_allocations:
-            alloc_position, alloc = open_allocations.pop(event.offset)
-            spans.append((alloc_position, alloc, position, event.op_index))
-        else:
-            raise ValueError(f"trace event {position} frees {event.name!r}, allocated before the trace began")
-    spans += [(position, alloc, NOT_FREED, last_op) for position, alloc in open_allocations.values()]
-    spans.sort(key=lambda span: span[0])
-    if not spans:
-        raise ValueError("the arena trace is empty: run one training step in a tracing arena first")
-    repeats = Counter(alloc.name for _, alloc, _, _ in spans)
-    seen: Counter[str] = Counter()
-    tensors = []
-    for alloc_position, alloc, free_position, free_op in spans:
-        name = alloc.name
-        if repeats[name] > 1:
-            name = f"{alloc.name}#{seen[alloc.name]}"
-            seen[alloc.name] += 1
-        tensors.append(TensorRecord(name, alloc.name, alloc.kind, np.dtype(alloc.dtype).name, tuple(alloc.shape),
-                                    alloc.nbytes, alloc.offset, alloc.op_index, free_op, alloc_position,
-                                    free_position))
-    if len({tensor.name for tensor in tensors}) != len(tensors):
-        raise ValueError("tensor names collide after numbering repeated allocations; rename the engine's tensors")
-    return tensors
+                      arena.high_water_bytes, tensors, list(ops_from_log(op_log, tensors)), dict(provenance or {}))
 
 
 # --------------------------------------------------------------------------------------------------------

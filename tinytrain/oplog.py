@@ -62,7 +62,10 @@ class OpLog:
         return len(self.arena.trace)
 
     def ids(self, *views: np.ndarray) -> tuple[int, ...]:
-        return tuple(self.arena.trace_position_of(view) for view in views)
+        """The trace positions of the views' allocations. Blocks live since before the trace began (the optimizer
+        state of earlier steps) are not the step's own and are left out."""
+        positions = (self.arena.trace_position_of(view) for view in views)
+        return tuple(position for position in positions if position is not None)
 
     def record(self, start: int, name: str, op_type: str, layer: str, reads: tuple[int, ...], macs: int = 0,
                update=None, selects_input_by_output: bool = False, written: tuple[int, ...] = ()) -> None:

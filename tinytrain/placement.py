@@ -11,18 +11,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinytrain.arena import Allocation, TraceEvent
+from tinytrain.arena import TraceEvent
 
 
 @dataclass(frozen=True)
 class Placement:
     offsets: dict[tuple[str, int], tuple[int, int]]  # (name, n-th allocation of it) -> (offset, reserved bytes)
     high_water_bytes: int  # highest byte any planned tensor or fixed block reaches
-    peak_op_index: int = 0  # where the step is fullest, and what is live then (for the message when it overflows)
-    live_at_peak: tuple[Allocation, ...] = ()
 
 
-def _reserved(nbytes: int, alignment: int) -> int:
+def reserved_bytes(nbytes: int, alignment: int) -> int:
+    """The block an allocation of `nbytes` takes, as the arena rounds it."""
     return max(-(-nbytes // alignment) * alignment, alignment)
 
 
@@ -43,7 +42,7 @@ def plan_placement(trace: list[TraceEvent], alignment: int,
             blocks[block][1] = position
             freed_last[event.offset] = block
             continue
-        reserved = _reserved(event.nbytes, alignment)
+        reserved = reserved_bytes(event.nbytes, alignment)
         if event.reuses:
             block = freed_last[event.offset]
             blocks[block][2] = max(blocks[block][2], reserved)
