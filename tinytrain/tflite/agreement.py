@@ -3,6 +3,7 @@ logit error, top-1 agreement and accuracy on labelled images; and the inference 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,7 @@ from tinytrain.arena import Arena
 from tinytrain.engine import Engine
 from tinytrain.graph import Graph
 from tinytrain.memory import MEASURING_ARENA_BYTES, measure_inference
+from tinytrain.plan import LAYER_BY_LAYER, MemorySchedule
 
 from .runtimes import RUNTIMES, TFLiteMicro
 
@@ -27,14 +29,20 @@ class RuntimeAgreement:
 @dataclass(frozen=True)
 class Agreement:
     images: int
+    int8: bool  # whether the model takes and gives int8 (else float32)
     tinytrain_accuracy: float  # float32, in the arena
     runtimes: list[RuntimeAgreement]
+
+
+class ModelMismatch(ValueError):
+    """A .tflite whose input or output does not fit the checkpoint's model."""
 
 
 @dataclass(frozen=True)
 class InferenceArena:
     tflite_micro_bytes: int  # TFLite Micro's arena used for this model (activations, then persistent structures)
-    tinytrain_peak_bytes: int  # tinytrain's measured float32 inference peak, layer by layer, for the same graph
+    tinytrain_peak_bytes: int  # tinytrain's float32 inference peak for the same graph, whole tensors layer by layer
+    tinytrain_schedule_peak_bytes: int  # the same in `schedule` (the run's: patches, depthwise in place)
 
 
 def preprocess(graph: Graph, image: np.ndarray) -> np.ndarray:
@@ -49,16 +57,24 @@ def relative_error(logits: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(logits - reference).max() / max(float(np.abs(reference).max()), 1e-12))
 
 
-def measure_agreement(graph: Graph, model: bytes, images, labels: np.ndarray, progress: bool = True) -> Agreement:
-    """Each image (uint8 (H, W, C) at the graph's resolution) through tinytrain and through every runtime."""
+def measure_agreement(graph: Graph, model: bytes, samples: Iterable[tuple[np.ndarray, int]], count: int,
+                      progress: bool = True) -> Agreement:
+    """Each of `count` (image uint8 (H, W, C) at the graph's resolution, label) through tinytrain and through every
+    runtime."""
     engine = Engine(graph, Arena(MEASURING_ARENA_BYTES, tracing=False))
     runtimes = [runtime(model) for runtime in RUNTIMES]
+    lite = runtimes[-1]
+    channels, height, width = graph.input_shape
+    expected = ((1, height, width, channels), (1, graph.num_classes))
+    shapes = (tuple(lite.input["shape"]), tuple(lite.output["shape"]))
+    if shapes != expected:
+        raise ModelMismatch(f"the model maps {shapes[0]} to {shapes[1]}, the checkpoint's model {expected[0]} to "
+                            f"{expected[1]}: pass a .tflite exported from this checkpoint")
     errors = np.zeros(len(runtimes))
     agreeing = np.zeros(len(runtimes), np.int64)
     hits = np.zeros(len(runtimes), np.int64)
     tinytrain_hits = 0
-    count = len(labels)
-    for image, label in tqdm(zip(images, labels), total=count, desc="compare", unit="img", disable=not progress):
+    for image, label in tqdm(samples, total=count, desc="compare", unit="img", disable=not progress):
         x = preprocess(graph, image)
         reference = engine.infer(x)[graph.output_name]
         tinytrain_hits += int(np.argmax(reference) == label)
@@ -68,14 +84,32 @@ def measure_agreement(graph: Graph, model: bytes, images, labels: np.ndarray, pr
             errors[index] = max(errors[index], relative_error(logits, reference))
             agreeing[index] += int(np.argmax(logits) == np.argmax(reference))
             hits[index] += int(np.argmax(logits) == label)
-    return Agreement(count, tinytrain_hits / count,
+    return Agreement(count, lite.input["dtype"] == np.int8, tinytrain_hits / count,
                      [RuntimeAgreement(runtime.name, float(errors[index]), agreeing[index] / count, hits[index] / count)
                       for index, runtime in enumerate(runtimes)])
 
 
-def measure_inference_arena(graph: Graph, model: bytes) -> InferenceArena:
-    """TFLite Micro's arena after one inference of `model`, beside tinytrain's inference peak of `graph`."""
+def measure_inference_arena(graph: Graph, model: bytes, schedule: MemorySchedule = LAYER_BY_LAYER) -> InferenceArena:
+    """TFLite Micro's arena after one inference of `model`, beside tinytrain's inference peaks of `graph`, layer by
+    layer and in `schedule`."""
     micro = TFLiteMicro(model)
     _, height, width = graph.input_shape
     micro.run(np.zeros((1, height, width, graph.input_shape[0]), np.float32))
-    return InferenceArena(micro.arena_used_bytes(), measure_inference(graph, MEASURING_ARENA_BYTES).whole_step_peak_bytes)
+    return InferenceArena(micro.arena_used_bytes(),
+                          measure_inference(graph, MEASURING_ARENA_BYTES).whole_step_peak_bytes,
+                          measure_inference(graph, MEASURING_ARENA_BYTES, schedule).whole_step_peak_bytes)
+
+
+def describe(name: str, agreement: Agreement, arena: InferenceArena) -> str:
+    """The comparison as a small table a person reads."""
+    kind = "int8" if agreement.int8 else "float32"
+    lines = [f"{name} ({kind}) on {agreement.images:,} test images; tinytrain float32 accuracy "
+             f"{agreement.tinytrain_accuracy:.2%}",
+             f"  {'runtime':<14}{'max logit error':>17}{'top-1 agreement':>17}{'accuracy':>10}"]
+    for runtime in agreement.runtimes:
+        lines.append(f"  {runtime.runtime:<14}{runtime.max_relative_error:>17.2e}{runtime.top1_agreement:>17.2%}"
+                     f"{runtime.accuracy:>10.2%}")
+    lines.append(f"  inference arena: TFLite Micro {arena.tflite_micro_bytes:,} B ({kind}); tinytrain float32 "
+                 f"{arena.tinytrain_peak_bytes:,} B layer by layer, {arena.tinytrain_schedule_peak_bytes:,} B in the "
+                 "run's memory schedule")
+    return "\n".join(lines)

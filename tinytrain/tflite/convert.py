@@ -13,7 +13,7 @@ from tinytrain.graph import Graph
 from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Layer, Linear, Pointwise, SpatialConv, same_padding
 
 from .flatbuffer import ModelRecord, Operator, Options, Quantization, Tensor
-from .quantization import Range, activation_quantization, quantize_weight_and_bias
+from .quantization import Calibration, activation_quantization, quantize_weight_and_bias
 
 # ActivationFunctionType and Padding values of schema.fbs
 NO_ACTIVATION, RELU6 = 0, 3
@@ -26,16 +26,16 @@ class ExportError(ValueError):
     """A graph that has no TFLite equivalent here (a layer type the exporter does not know)."""
 
 
-def graph_to_tflite(graph: Graph, ranges: dict[str, Range] | None = None) -> ModelRecord:
-    """The model of `graph`: float32 when `ranges` is None, else int8 with activations quantized over `ranges`
+def graph_to_tflite(graph: Graph, calibration: Calibration | None = None) -> ModelRecord:
+    """The model of `graph`: float32 when `calibration` is None, else int8 quantized as `calibration` says
     (quantization.calibrate)."""
-    return _Converter(graph, ranges).model
+    return _Converter(graph, calibration).model
 
 
 class _Converter:
-    def __init__(self, graph: Graph, ranges: dict[str, Range] | None):
+    def __init__(self, graph: Graph, calibration: Calibration | None):
         self.graph = graph
-        self.ranges = ranges
+        self.calibration = calibration
         self.model = ModelRecord()
         self.index: dict[str, int] = {}  # tinytrain tensor name -> TFLite tensor index
         self.quantization: dict[str, Quantization] = {}  # int8 only: tinytrain tensor name -> its quantization
@@ -50,7 +50,7 @@ class _Converter:
 
     @property
     def int8(self) -> bool:
-        return self.ranges is not None
+        return self.calibration is not None
 
     def _activation(self, name: str, source: str, relu6: bool) -> int:
         """A new activation tensor `name` shaped as tinytrain tensor `source`, NHWC, quantized over its range."""
@@ -58,7 +58,7 @@ class _Converter:
         nhwc = (1,) + shape[1:] + shape[:1] if len(shape) == 3 else (1,) + shape
         quantization = None
         if self.int8:
-            quantization = activation_quantization(self.ranges[source], relu6)
+            quantization = activation_quantization(self.calibration.ranges[source], relu6)
             self.quantization[name] = quantization
         return self.model.add_tensor(Tensor(name, nhwc, np.int8 if self.int8 else np.float32,
                                             quantization=quantization))
@@ -93,20 +93,14 @@ class _Converter:
     def _convolution(self, layer: SpatialConv | Pointwise) -> None:
         source = layer.inputs[0]
         x = self.index[source]
+        builtin, type_name, channel_axis = "CONV_2D", "Conv2DOptions", 0
         if isinstance(layer, Depthwise):
-            weight = layer.weight.transpose(1, 2, 0)[np.newaxis]  # (C, kh, kw) -> (1, kh, kw, C)
             builtin, type_name, channel_axis = "DEPTHWISE_CONV_2D", "DepthwiseConv2DOptions", 3
-        elif isinstance(layer, Conv2d):
-            weight = layer.weight.transpose(0, 2, 3, 1)  # (K, C, kh, kw) -> (K, kh, kw, C)
-            builtin, type_name, channel_axis = "CONV_2D", "Conv2DOptions", 0
-        else:
-            weight = layer.weight[:, np.newaxis, np.newaxis, :]  # (K, C) -> (K, 1, 1, C)
-            builtin, type_name, channel_axis = "CONV_2D", "Conv2DOptions", 0
         stride, padding = 1, SAME
         if isinstance(layer, SpatialConv):
             stride = layer.stride
             x, padding = self._padding(layer, x, source)
-        weight_index, bias_index = self._weight_and_bias(layer, np.ascontiguousarray(weight), channel_axis, source)
+        weight_index, bias_index = self._weight_and_bias(layer, channel_axis, source)
         output = self._activation(layer.output, layer.output, relu6=layer.relu6)
         fields = {"Padding": padding, "StrideW": stride, "StrideH": stride,
                   "FusedActivationFunction": RELU6 if layer.relu6 else NO_ACTIVATION,
@@ -137,20 +131,34 @@ class _Converter:
         self._operator("PAD", (x, paddings), padded, None)
         return padded, VALID
 
-    def _weight_and_bias(self, layer, weight: np.ndarray, channel_axis: int, source: str) -> tuple[int, int]:
+    def _weight_and_bias(self, layer, channel_axis: int, source: str) -> tuple[int, int]:
+        """The weight in TFLite's layout and the bias, as constants: float32, or int8 per output channel (along
+        `channel_axis` of that layout) and int32."""
         if not self.int8:
-            return (self._constant(f"{layer.name}/weight", weight),
+            return (self._constant(f"{layer.name}/weight", _tflite_layout(layer, layer.weight)),
                     self._constant(f"{layer.name}/bias", layer.bias.copy()))
-        input_scale = float(self.quantization[source].scale[0])
-        weight_q, weight_quantization, bias_q, bias_quantization = quantize_weight_and_bias(
-            weight, layer.bias, input_scale, channel_axis)
-        return (self._constant(f"{layer.name}/weight", weight_q, weight_quantization),
-                self._constant(f"{layer.name}/bias", bias_q, bias_quantization))
+        quantized = quantize_weight_and_bias(layer.weight, layer.bias, float(self.quantization[source].scale[0]),
+                                             self.calibration.channel_means[source], isinstance(layer, Depthwise))
+        zeros = np.zeros(len(quantized.bias), np.int64)
+        return (self._constant(f"{layer.name}/weight", _tflite_layout(layer, quantized.weight),
+                               Quantization(quantized.weight_scale, zeros, channel_axis)),
+                self._constant(f"{layer.name}/bias", quantized.bias, Quantization(quantized.bias_scale, zeros, 0)))
 
     def _linear(self, layer: Linear) -> None:
         source = layer.inputs[0]
-        weight_index, bias_index = self._weight_and_bias(layer, layer.weight, 0, source)  # (K, C)
+        weight_index, bias_index = self._weight_and_bias(layer, 0, source)  # (K, C)
         output = self._activation(layer.output, layer.output, relu6=False)
         self._operator("FULLY_CONNECTED", (self.index[source], weight_index, bias_index), output,
                        Options("FullyConnectedOptions", {"FusedActivationFunction": NO_ACTIVATION}))
         self.index[layer.output] = output
+
+
+def _tflite_layout(layer: Layer, weight: np.ndarray) -> np.ndarray:
+    """A weight of `layer`, in its tinytrain layout, in TFLite's."""
+    if isinstance(layer, Depthwise):
+        return np.ascontiguousarray(weight.transpose(1, 2, 0)[np.newaxis])  # (C, kh, kw) -> (1, kh, kw, C)
+    if isinstance(layer, Conv2d):
+        return np.ascontiguousarray(weight.transpose(0, 2, 3, 1))  # (K, C, kh, kw) -> (K, kh, kw, C)
+    if isinstance(layer, Pointwise):
+        return np.ascontiguousarray(weight[:, np.newaxis, np.newaxis, :])  # (K, C) -> (K, 1, 1, C)
+    return weight  # Linear: (K, C), as FULLY_CONNECTED has it

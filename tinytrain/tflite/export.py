@@ -11,7 +11,8 @@ from tinytrain.graph import Graph
 
 from .convert import graph_to_tflite
 from .flatbuffer import Quantization, serialize
-from .quantization import calibrate
+from .equalization import equalize
+from .quantization import calibrate, channel_ranges
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,16 @@ class ExportSummary:
 def export_tflite(graph: Graph, output: str | Path, calibration: Augmenter | None = None,
                   progress: bool = True) -> ExportSummary:
     """Write `graph` to `output`: float32, or int8 when `calibration` yields the images (uint8 (H, W, C) at the
-    graph's resolution) that set its activation ranges."""
-    ranges = None
+    graph's resolution) that set its activation ranges. The int8 model is of the graph with its linear bottlenecks
+    equalized (equalization.py): the same float function, whose channels share one scale better."""
+    quantization = None
     if calibration is not None:
-        ranges = calibrate(graph, (image for image, _ in calibration.epoch(0)), len(calibration), progress)
-    model = graph_to_tflite(graph, ranges)
+        def images():
+            return (image for image, _ in calibration.epoch(0))
+
+        graph = equalize(graph, channel_ranges(graph, images(), len(calibration), progress))
+        quantization = calibrate(graph, images(), len(calibration), progress)
+    model = graph_to_tflite(graph, quantization)
     data = serialize(model)
     output = Path(output)
     with atomic_path(output) as temporary:
@@ -44,7 +50,7 @@ def export_tflite(graph: Graph, output: str | Path, calibration: Augmenter | Non
     for operator in model.operators:
         operators[operator.builtin] = operators.get(operator.builtin, 0) + 1
     input_tensor, output_tensor = model.tensors[model.inputs[0]], model.tensors[model.outputs[0]]
-    return ExportSummary(output, len(data), operators, len(calibration) if calibration is not None else 0,
+    return ExportSummary(output, len(data), operators, len(calibration) if quantization is not None else 0,
                          input_tensor.shape, output_tensor.shape, input_tensor.quantization,
                          output_tensor.quantization, graph.preprocessing.mean, graph.preprocessing.std)
 

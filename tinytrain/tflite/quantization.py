@@ -8,7 +8,7 @@ quantization error over the values seen (clipping the outliers), searched on a h
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,18 +40,47 @@ class Range:
     high: float
 
 
-def calibrate(graph: Graph, images: Iterable[np.ndarray], count: int, progress: bool = True) -> dict[str, Range]:
-    """The quantization range of the input and of every layer's output over `images` (uint8 (H, W, C) at the
-    graph's resolution), from float inference in a measuring arena, layer by layer, so every tensor can be read."""
-    engine = Engine(graph, Arena(MEASURING_ARENA_BYTES, tracing=False))
-    names = (graph.input_name,) + tuple(layer.output for layer in graph.layers)
-    samples: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for image in tqdm(images, total=count, desc="calibration", unit="img", disable=not progress):
-        for name, tensor in engine.infer(image, read=names).items():
+@dataclass(frozen=True)
+class Calibration:
+    ranges: dict[str, Range]  # tensor -> the interval it is quantized over
+    channel_means: dict[str, np.ndarray]  # tensor -> mean of each channel (C,), for bias correction
+
+
+def calibrate(graph: Graph, images: Iterable[np.ndarray], count: int, progress: bool = True) -> Calibration:
+    """The quantization range and the channel means of the input and of every layer's output over `images` (uint8
+    (H, W, C) at the graph's resolution, `count` of them)."""
+    samples: dict[str, list[np.ndarray]] = {}
+    sums: dict[str, np.ndarray] = {}
+    for tensors in _every_tensor(graph, images, count, "calibration: ranges", progress):
+        for name, tensor in tensors.items():
             values = tensor.reshape(-1)
             stride = max(1, values.size // SAMPLES_PER_IMAGE)
-            samples[name] += [values[::stride], np.array([values.min(), values.max()], np.float32)]
-    return {name: least_squares_range(np.concatenate(samples[name])) for name in names}
+            samples.setdefault(name, []).extend([values[::stride], np.array([values.min(), values.max()])])
+            means = tensor.reshape(tensor.shape[0], -1).mean(axis=1) if tensor.ndim == 3 else tensor
+            sums[name] = sums.get(name, 0.0) + means.astype(np.float64)
+    return Calibration({name: least_squares_range(np.concatenate(values)) for name, values in samples.items()},
+                       {name: total / count for name, total in sums.items()})
+
+
+def channel_ranges(graph: Graph, images: Iterable[np.ndarray], count: int,
+                   progress: bool = True) -> dict[str, np.ndarray]:
+    """The largest |value| of each channel (C,) of the input and of every layer's output over `images`."""
+    largest: dict[str, np.ndarray] = {}
+    for tensors in _every_tensor(graph, images, count, "calibration: channels", progress):
+        for name, tensor in tensors.items():
+            channels = np.abs(tensor.reshape(tensor.shape[0], -1)).max(axis=1) if tensor.ndim == 3 else np.abs(tensor)
+            largest[name] = np.maximum(largest.get(name, 0.0), channels)
+    return largest
+
+
+def _every_tensor(graph: Graph, images: Iterable[np.ndarray], count: int, description: str,
+                  progress: bool) -> Iterator[dict[str, np.ndarray]]:
+    """Host copies of the input and of every layer's output, image by image, from float inference in a measuring
+    arena, layer by layer, so that every tensor can be read."""
+    engine = Engine(graph, Arena(MEASURING_ARENA_BYTES, tracing=False))
+    names = (graph.input_name,) + tuple(layer.output for layer in graph.layers)
+    for image in tqdm(images, total=count, desc=description, unit="img", disable=not progress):
+        yield engine.infer(image, read=names)
 
 
 def least_squares_range(values: np.ndarray) -> Range:
@@ -92,21 +121,35 @@ def dequantize(values: np.ndarray, quantization: Quantization) -> np.ndarray:
     return ((values.astype(np.float32) - quantization.zero_point[0]) * quantization.scale[0]).astype(np.float32)
 
 
-def quantize_weight_and_bias(weight: np.ndarray, bias: np.ndarray, input_scale: float, axis: int
-                             ) -> tuple[np.ndarray, Quantization, np.ndarray, Quantization]:
-    """(int8 weight, its per-channel quantization, int32 bias, its quantization) of a layer whose output channels
-    lie along `axis` of `weight`. A channel's scale is max|w| / 127, raised where the bias would not fit int32 at
-    input_scale * weight_scale (the bias must share the accumulator's scale)."""
-    channels = weight.shape[axis]
-    moved = np.moveaxis(weight.astype(np.float64), axis, 0).reshape(channels, -1)  # (K, rest)
-    weight_scale = np.abs(moved).max(axis=1) / WEIGHT_MAX
+@dataclass(frozen=True)
+class QuantizedLayer:
+    weight: np.ndarray  # int8, the layer's weight layout, output channels first
+    weight_scale: np.ndarray  # (K,) float32; zero points are 0 (symmetric)
+    bias: np.ndarray  # (K,) int32
+    bias_scale: np.ndarray  # (K,) float32, input_scale * weight_scale
+
+
+def quantize_weight_and_bias(weight: np.ndarray, bias: np.ndarray, input_scale: float, input_mean: np.ndarray,
+                             depthwise: bool) -> QuantizedLayer:
+    """int8 weight per output channel (axis 0 of `weight`: (K, C, ...) or depthwise (C, ...)) and int32 bias of a
+    layer whose input has per-tensor scale `input_scale` and per-channel mean `input_mean` (C,).
+
+    A channel's scale is max|w| / 127, raised where the bias would not fit int32 at input_scale * weight_scale (the
+    bias shares the accumulator's scale). Rounding the weights shifts each output's mean by sum(dW * mean input):
+    on smooth images a depthwise kernel whose taps nearly cancel turns that shift into most of its output, so the
+    bias takes it back (bias correction, Nagel et al. 2019, section 4.2)."""
+    channels = weight.shape[0]
+    flat = weight.reshape(channels, -1).astype(np.float64)  # (K, C * taps)
+    weight_scale = np.abs(flat).max(axis=1) / WEIGHT_MAX
     weight_scale = np.maximum(weight_scale, np.abs(bias.astype(np.float64)) / (input_scale * INT32_MAX))
     weight_scale = np.where(weight_scale > 0, weight_scale, 1.0).astype(np.float32)  # an all-zero channel: any scale
-    shape = [1] * weight.ndim
-    shape[axis] = channels
-    quantized_weight = np.clip(np.round(weight / weight_scale.reshape(shape)), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8)
+    scale = weight_scale.astype(np.float64)[:, np.newaxis]
+    quantized = np.clip(np.round(flat / scale), -WEIGHT_MAX, WEIGHT_MAX)
+    inputs = 1 if depthwise else weight.shape[1]
+    rounding = (quantized * scale - flat).reshape(channels, inputs, -1).sum(axis=2)  # (K, C) summed over taps
+    mean = input_mean.astype(np.float64)
+    shift = rounding[:, 0] * mean if depthwise else rounding @ mean  # (K,)
     bias_scale = (np.float64(input_scale) * weight_scale).astype(np.float32)
-    quantized_bias = np.clip(np.round(bias / bias_scale.astype(np.float64)), -INT32_MAX, INT32_MAX).astype(np.int32)
-    zeros = np.zeros(channels, np.int64)
-    return (quantized_weight, Quantization(weight_scale, zeros, axis),
-            quantized_bias, Quantization(bias_scale, zeros, 0))
+    corrected = (bias.astype(np.float64) - shift) / bias_scale.astype(np.float64)
+    return QuantizedLayer(quantized.astype(np.int8).reshape(weight.shape), weight_scale,
+                          np.clip(np.round(corrected), -INT32_MAX, INT32_MAX).astype(np.int32), bias_scale)

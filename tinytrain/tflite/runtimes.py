@@ -21,6 +21,10 @@ TFLM_ARENA_PER_MODEL_BYTE = 10
 _ARENA_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
 
 
+class RuntimeLoadError(ValueError):
+    """A runtime that refuses the model (not a TFLite file, or an operator it lacks)."""
+
+
 class Runtime:
     """One interpreter holding one model."""
 
@@ -54,7 +58,10 @@ class TFLiteMicro(Runtime):
 
     def __init__(self, model: bytes):
         runtime = require("tflite_micro").runtime
-        self.interpreter = runtime.Interpreter.from_bytes(model, arena_size=TFLM_ARENA_PER_MODEL_BYTE * len(model))
+        try:
+            self.interpreter = runtime.Interpreter.from_bytes(model, arena_size=TFLM_ARENA_PER_MODEL_BYTE * len(model))
+        except (RuntimeError, ValueError) as error:
+            raise RuntimeLoadError(f"TFLite Micro cannot load the model ({error})") from error
 
     def run(self, sample):
         self.interpreter.set_input(self._quantize(sample, self.interpreter.get_input_details(0)), 0)
@@ -86,8 +93,11 @@ class LiteRT(Runtime):
 
     def __init__(self, model: bytes):
         interpreter = require("ai_edge_litert.interpreter")
-        self.interpreter = interpreter.Interpreter(model_content=model, num_threads=1)
-        self.interpreter.allocate_tensors()
+        try:
+            self.interpreter = interpreter.Interpreter(model_content=model, num_threads=1)
+            self.interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as error:
+            raise RuntimeLoadError(f"LiteRT cannot load the model ({error})") from error
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
 
