@@ -96,7 +96,8 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     config = TrainConfig(
-        model=args.model, dataset=args.dataset, test_fraction=args.test_fraction, policy=args.policy, ratio=args.ratio, last_k=args.last_k, first_block=args.first_block,
+        model=args.model, dataset=args.dataset, test_fraction=args.test_fraction, policy=args.policy, ratio=args.ratio,
+        last_k=args.last_k, first_block=args.first_block,
         ratio_decay=args.ratio_decay, bias_from_block=args.bias_from_block,
         resolution=args.resolution, arena_bytes=args.arena_bytes, epochs=args.epochs, micro_batch=args.micro_batch,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,

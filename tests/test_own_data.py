@@ -6,14 +6,17 @@ import io
 import json
 import re
 import tarfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tinytrain.checkpoint import load_trained_model
+from tinytrain.checkpoint import TrainingState, load_trained_model, save_checkpoint
 from tinytrain.data import image_folder, read_image, scan_folder_dataset
+from tinytrain.models.mobilenetv2 import build_mobilenetv2
+from tinytrain.train import ConfigError, TrainConfig, Trainer
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 COLORS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "owl": (40, 40, 200)}
@@ -225,3 +228,13 @@ def test_more_classes_than_a_byte_holds_get_wider_labels(tmp_path):
     train = dataset.load("train", 32, progress=False)
     assert train.labels.dtype == np.uint16 and train.labels.tolist() == list(range(257))
     assert (train.images[256] == 0).all() and (train.images[255] == 255).all()
+
+
+def test_resuming_on_a_folder_whose_classes_changed_is_refused_before_any_weights_are_read(tmp_path):
+    root = write_folder(tmp_path / "pets", {"cat": 3, "dog": 3})
+    config = TrainConfig(dataset=str(root), resolution=32, epochs=1)
+    save_checkpoint(tmp_path / "run" / "checkpoint.h5", build_mobilenetv2(num_classes=2, resolution=32),
+                    TrainingState(2, [], {}, {}, asdict(config), class_names=["cat", "dog"]))
+    write_folder(root, {"owl": 3})
+    with pytest.raises(ConfigError, match="trained on the classes cat, dog; the data now has cat, dog, owl"):
+        Trainer(config, tmp_path / "run", data_dir=tmp_path / "no-data", progress=False, resume=True)

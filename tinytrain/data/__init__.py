@@ -1,4 +1,4 @@
-"""CIFAR-10 and a user's own image folders as uint8 HWC datasets, and the per-image augmentation that feeds the model."""
+"""CIFAR-10 and one's own image folders as uint8 HWC datasets, and the per-image augmentation that feeds the model."""
 
 from .augment import Augmenter, bilinear_coefficients, random_crop_flip, resize_bilinear
 from .cifar10 import LABEL_NAMES, SPLITS, load_cifar10, not_found_message, read_python_batches

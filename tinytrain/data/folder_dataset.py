@@ -75,7 +75,8 @@ def scan_folder_dataset(path: str | Path, test_fraction: float = DEFAULT_TEST_FR
         files = _random_split(path, by_class, class_names, test_fraction, seed)
         description = f"{test_fraction:g} of each class held out for testing (seed {seed})"
     if len(class_names) > MAX_CLASSES:
-        raise DataFormatError(path, f"{len(class_names):,} class folders; at most {MAX_CLASSES:,} classes are supported")
+        raise DataFormatError(path, f"{len(class_names):,} class folders; at most {MAX_CLASSES:,} classes are "
+                                    "supported")
     return FolderDataset(path, class_names, files, has_own_split, f"{len(class_names)} classes, {description}")
 
 
