@@ -33,6 +33,8 @@ def kernel_calls():
          (array(n_out, out_h, out_w), array(n_in, height, width), array(n_out, n_in, 3, 3), array(n_out)) + conv),
         ("depthwise_forward", depthwise.depthwise_forward,
          (array(n_in, out_h, out_w), array(n_in, height, width), array(n_in, 3, 3), array(n_in)) + conv),
+        ("depthwise_forward-5x5", depthwise.depthwise_forward,
+         (array(n_in, 4, 3), array(n_in, height, width), array(n_in, 5, 5), array(n_in), 2, 1, 0)),
         ("pointwise_forward", pointwise.pointwise_forward,
          (array(n_out, n_pixels), array(n_in, n_pixels), array(n_out, n_in), array(n_out))),
         ("linear_forward", linear.linear_forward, (array(n_out), array(n_in), array(n_out, n_in), array(n_out))),

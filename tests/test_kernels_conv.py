@@ -18,6 +18,8 @@ TOLERANCE = dict(rtol=1e-4, atol=1e-4)
 
 # (C, K, H, W, kernel (kh, kw), stride, padding (top, left, bottom, right)): odd sizes, stride 2, TF "SAME" on even
 # and odd inputs (bottom/right only), symmetric, asymmetric, a non-square kernel, and padding larger than needed.
+# 3 x 3 at stride 1 and 2 runs a row at a time: rows of 30 and more outputs reach its vectorised interior loops,
+# negative padding is a tile that starts inside the image (patches.py), and 1- or 2-pixel planes have no interior.
 CONV_CASES = [
     (3, 4, 8, 8, (3, 3), 2, (0, 0, 1, 1)),
     (3, 5, 7, 9, (3, 3), 2, (1, 1, 1, 1)),
@@ -25,6 +27,13 @@ CONV_CASES = [
     (4, 2, 9, 7, (5, 5), 2, (2, 2, 2, 2)),
     (1, 3, 4, 5, (1, 1), 1, (0, 0, 0, 0)),
     (2, 2, 6, 6, (3, 3), 2, (0, 1, 2, 0)),
+    (3, 4, 12, 66, (3, 3), 2, (0, 0, 1, 1)),
+    (2, 3, 11, 67, (3, 3), 2, (1, 1, 1, 1)),
+    (2, 3, 9, 41, (3, 3), 1, (1, 1, 1, 1)),
+    (2, 2, 10, 44, (3, 3), 1, (-1, -2, 0, -1)),
+    (2, 2, 11, 45, (3, 3), 2, (-1, -1, 1, 0)),
+    (2, 3, 2, 1, (3, 3), 1, (1, 1, 1, 1)),
+    (2, 3, 2, 2, (3, 3), 2, (0, 0, 1, 1)),
 ]
 DEPTHWISE_CASES = [(n_out, height, width, kernel, stride, padding)
                    for _, n_out, height, width, kernel, stride, padding in CONV_CASES]

@@ -9,7 +9,9 @@ from tinytrain.kernels.depthwise_inplace import depthwise_backward_input_inplace
 from tinytrain.kernels.pointwise import pointwise_forward
 from tinytrain.kernels.pointwise_residual import pointwise_residual_forward
 
-SHAPES = [(1, 5, 9, 8, 1, 1), (2, 5, 9, 8, 1, 0), (2, 4, 8, 8, 0, 0), (1, 3, 7, 5, 1, 1), (2, 6, 7, 7, 1, 1)]
+# (stride, C, H, W, pad_top, pad_left); rows of 40 and more reach the vectorised interior loops of rows3x3.py
+SHAPES = [(1, 5, 9, 8, 1, 1), (2, 5, 9, 8, 1, 0), (2, 4, 8, 8, 0, 0), (1, 3, 7, 5, 1, 1), (2, 6, 7, 7, 1, 1),
+          (1, 3, 6, 43, 1, 1), (2, 3, 7, 66, 0, 0), (2, 2, 6, 45, 1, 1)]
 
 
 @pytest.mark.parametrize("stride, channels, height, width, pad_top, pad_left", SHAPES)

@@ -3,15 +3,18 @@
 from numba import njit, prange
 from numba.extending import register_jitable
 
+from tinytrain.kernels.rows3x3 import (add_plane_correlation, add_plane_correlation_transposed, is_rows3x3,
+                                       plane_weight_gradient)
+
 # ---------------------------------------------------------------------------------------------------------------------
-# Shifted-plane primitives, shared with depthwise.py.
+# Shifted-plane primitives, shared with depthwise.py: every kernel size and stride that rows3x3.py does not cover.
 # Tap (ky, kx) of a convolution pairs output pixel (y, x) with input pixel (y*stride + ky - pad_top,
-# x*stride + kx - pad_left). Every kernel below is a loop over channels and taps around one of these primitives.
+# x*stride + kx - pad_left). The general path of every kernel below loops over channels and taps around them.
 # - register_jitable: callable from plain Python, and compiled into the jitted kernels that call them.
 # - They walk row views from index 0, and stride 1 gets its own loop: LLVM then sees a contiguous, unit-step loop
 #   that it vectorises (about 4x faster than one loop with a run-time stride).
-# - Numba's cache only watches the file of the jitted kernel: after editing these, also touch depthwise.py (or
-#   delete tinytrain/kernels/__pycache__), or depthwise keeps the old compiled code.
+# - Numba's cache only watches the file of the jitted kernel: after editing these or rows3x3.py, also touch
+#   depthwise.py and depthwise_inplace.py (or delete tinytrain/kernels/__pycache__), or they keep old compiled code.
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -86,6 +89,9 @@ def tap_weight_gradient(dout, input, stride, offset_y, offset_x):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+# 3 x 3 at stride 1 or 2 (the stem) runs a whole row at a time (rows3x3.py), other sizes tap by tap.
+
+
 def _conv2d_forward(out, input, weight, bias, stride, pad_top, pad_left):
     """out[k, y, x] = bias[k] + sum_{c,ky,kx} weight[k,c,ky,kx] * input[c, y*stride+ky-pad_top, x*stride+kx-pad_left].
 
@@ -93,7 +99,12 @@ def _conv2d_forward(out, input, weight, bias, stride, pad_top, pad_left):
     """
     n_out = out.shape[0]
     n_in, kernel_h, kernel_w = weight.shape[1:]
+    by_rows = is_rows3x3(kernel_h, kernel_w, stride)
     for k in prange(n_out):
+        if by_rows:
+            for c in range(n_in):  # the first input channel starts from the bias, the others add to it
+                add_plane_correlation(out, k, input, c, weight[k], c, stride, pad_top, pad_left, False, bias[k], c > 0)
+            continue
         out[k] = bias[k]
         for c in range(n_in):
             for ky in range(kernel_h):
@@ -111,7 +122,13 @@ def _conv2d_backward_input(dinput, dout, weight, stride, pad_top, pad_left, accu
     so the scatter has no race (a loop over output channels would have threads colliding on the same dinput[c]).
     """
     n_out, n_in, kernel_h, kernel_w = weight.shape
+    by_rows = is_rows3x3(kernel_h, kernel_w, stride)
     for c in prange(n_in):
+        if by_rows:
+            for k in range(n_out):
+                add_plane_correlation_transposed(dinput, c, dout, k, weight[k], c, stride, pad_top, pad_left,
+                                                 accumulate or k > 0)
+            continue
         if not accumulate:
             dinput[c] = 0.0
         for k in range(n_out):
@@ -130,9 +147,13 @@ def _conv2d_backward_weight(dweight, dout, input_selected, out_channels, stride,
     out_channels (n_out,) int64. Only the selected channels are computed: sparse means computing less.
     """
     n_selected_out, n_selected_in, kernel_h, kernel_w = dweight.shape
+    by_rows = is_rows3x3(kernel_h, kernel_w, stride)
     for a in prange(n_selected_out):
         k = out_channels[a]
         for b in range(n_selected_in):
+            if by_rows:
+                plane_weight_gradient(dweight[a], b, dout, k, input_selected, b, stride, pad_top, pad_left)
+                continue
             for ky in range(kernel_h):
                 for kx in range(kernel_w):
                     dweight[a, b, ky, kx] = tap_weight_gradient(dout[k], input_selected[b], stride,

@@ -2,9 +2,12 @@
 
 from numba import njit, prange
 
-# The same tap primitives as conv2d, with one input channel per output channel. Numba's cache does not see edits
-# to conv2d.py from here: after changing them, touch this file too.
+# 3 x 3 at stride 1 or 2 (every depthwise conv of MobileNetV2) runs a whole row at a time (rows3x3.py); other sizes
+# run the tap-by-tap primitives of conv2d. Numba's cache does not see edits to those files from here: after changing
+# them, touch this file too.
 from tinytrain.kernels.conv2d import add_tap, add_tap_transposed, tap_weight_gradient
+from tinytrain.kernels.rows3x3 import (add_plane_correlation, add_plane_correlation_transposed, is_rows3x3,
+                                       plane_weight_gradient)
 
 
 def _depthwise_forward(out, input, weight, bias, stride, pad_top, pad_left):
@@ -13,7 +16,11 @@ def _depthwise_forward(out, input, weight, bias, stride, pad_top, pad_left):
     out (C, Ho, Wo), input (C, H, W), weight (C, kh, kw), bias (C,).
     """
     n_channels, kernel_h, kernel_w = weight.shape
+    by_rows = is_rows3x3(kernel_h, kernel_w, stride)
     for c in prange(n_channels):
+        if by_rows:
+            add_plane_correlation(out, c, input, c, weight, c, stride, pad_top, pad_left, False, bias[c], False)
+            continue
         out[c] = bias[c]
         for ky in range(kernel_h):
             for kx in range(kernel_w):
@@ -29,7 +36,11 @@ def _depthwise_backward_input(dinput, dout, weight, stride, pad_top, pad_left, a
     dinput (C, H, W), dout (C, Ho, Wo). Channel c only touches dinput[c], so prange over channels is race-free.
     """
     n_channels, kernel_h, kernel_w = weight.shape
+    by_rows = is_rows3x3(kernel_h, kernel_w, stride)
     for c in prange(n_channels):
+        if by_rows:
+            add_plane_correlation_transposed(dinput, c, dout, c, weight, c, stride, pad_top, pad_left, accumulate)
+            continue
         if not accumulate:
             dinput[c] = 0.0
         for ky in range(kernel_h):
@@ -46,8 +57,12 @@ def _depthwise_backward_weight(dweight, dout, input_selected, channels, stride, 
     dweight (n, kh, kw), dout (C, Ho, Wo), input_selected (n, H, W) the saved input of the selected channels only.
     """
     n_selected, kernel_h, kernel_w = dweight.shape
+    by_rows = is_rows3x3(kernel_h, kernel_w, stride)
     for j in prange(n_selected):
         c = channels[j]
+        if by_rows:
+            plane_weight_gradient(dweight, j, dout, c, input_selected, j, stride, pad_top, pad_left)
+            continue
         for ky in range(kernel_h):
             for kx in range(kernel_w):
                 dweight[j, ky, kx] = tap_weight_gradient(dout[c], input_selected[j], stride,

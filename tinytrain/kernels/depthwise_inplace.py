@@ -1,10 +1,12 @@
 """Depthwise convolution in place: the output overwrites the input's own bytes, one channel plane of scratch."""
 
+import numpy as np
 from numba import njit
 
-# The same tap primitives as the out-of-place kernels, so the sums run in the same order and agree bit for bit.
-# Numba's cache does not see edits to conv2d.py from here: after changing them, touch this file too.
+# The same primitives as the out-of-place kernels, so the sums run in the same order and agree bit for bit.
+# Numba's cache does not see edits to conv2d.py or rows3x3.py from here: after changing them, touch this file too.
 from tinytrain.kernels.conv2d import add_tap, add_tap_transposed
+from tinytrain.kernels.rows3x3 import add_plane_correlation, add_plane_correlation_transposed, is_rows3x3
 
 
 def _depthwise_forward_inplace(out, input, scratch, weight, bias, stride, pad_top, pad_left):
@@ -15,8 +17,13 @@ def _depthwise_forward_inplace(out, input, scratch, weight, bias, stride, pad_to
     channels because of that order (TinyEngine computes its depthwise convs in place the same way).
     """
     n_channels, kernel_h, kernel_w = weight.shape
+    by_rows = is_rows3x3(kernel_h, kernel_w, stride)
+    planes = scratch[np.newaxis]  # (1, H, W): the plane functions address planes by index
     for c in range(n_channels):
         scratch[:, :] = input[c]
+        if by_rows:
+            add_plane_correlation(out, c, planes, 0, weight, c, stride, pad_top, pad_left, False, bias[c], False)
+            continue
         out[c] = bias[c]
         for ky in range(kernel_h):
             for kx in range(kernel_w):
@@ -34,8 +41,13 @@ def _depthwise_backward_input_inplace(dinput, dout, scratch, weight, stride, pad
     still to come are never touched.
     """
     n_channels, kernel_h, kernel_w = weight.shape
+    by_rows = is_rows3x3(kernel_h, kernel_w, stride)
+    planes = scratch[np.newaxis]  # (1, Ho, Wo)
     for c in range(n_channels - 1, -1, -1):
         scratch[:, :] = dout[c]
+        if by_rows:
+            add_plane_correlation_transposed(dinput, c, planes, 0, weight, c, stride, pad_top, pad_left, False)
+            continue
         dinput[c] = 0.0
         for ky in range(kernel_h):
             for kx in range(kernel_w):

@@ -1,0 +1,206 @@
+"""3 x 3 convolution of one channel plane, stride 1 or 2, a whole output row at a time: depthwise and the stem.
+
+The kernels in conv2d.py make one pass over the output plane per tap (9 passes for 3 x 3). Here each output row takes
+all nine taps from three input rows in one pass. The plane splits once into its interior, where every tap lies inside
+the input and the row loop is a plain unit-step (stride 1) or even/odd (stride 2) loop that LLVM vectorises, and its
+border pixels, which test each tap. How the code is written is what makes it fast in Numba:
+- A plane is addressed by its channel index in the whole (C, H, W) array, and rows by index, never by a view: every
+  view costs two atomic reference-count updates, which took longer than the arithmetic of a short row.
+- Interior indices are written max(0, ...) + i: LLVM then knows they are not negative and drops Numba's
+  negative-index wraparound, which otherwise keeps the loop from vectorising.
+- Each function does a whole plane in one call: Numba does not inline calls between its functions.
+Numba's cache only watches the file of the jitted kernel: after editing this file, also touch the kernel files that
+import it (or delete tinytrain/kernels/__pycache__).
+"""
+
+import numpy as np
+from numba.extending import register_jitable
+
+
+@register_jitable
+def is_rows3x3(kernel_h, kernel_w, stride):
+    """Whether this module computes a convolution of that kernel size and stride."""
+    return kernel_h == 3 and kernel_w == 3 and 1 <= stride <= 2
+
+
+@register_jitable
+def interior_outputs(out_size, in_size, offset, stride):
+    """The outputs [low, high) whose three taps o*stride + offset + (0, 1, 2) all lie in [0, in_size):
+    low = ceil(-offset / stride), high = ceil((in_size - offset - 2) / stride), both clipped to [0, out_size]."""
+    low = min(out_size, max(0, (-offset + stride - 1) // stride))
+    high = min(out_size, (in_size - offset - 2 + stride - 1) // stride)
+    return low, max(low, high)
+
+
+@register_jitable
+def add_plane_correlation(out, out_plane, input, in_plane, weight, weight_plane, stride, pad_top, pad_left, flipped,
+                          start, keep):
+    """out[out_plane] = (out[out_plane] if keep else start) + the 3 x 3 correlation of input[in_plane]:
+
+    out[p, y, x] += sum_{ky,kx} w[ky, kx] * input[q, y*stride + ky - pad_top, x*stride + kx - pad_left], where
+    out (., Ho, Wo), input (., H, W), w = weight[weight_plane] from weight (., 3, 3); flipped: w rotated by 180
+    degrees, which turns the stride-1 correlation into its own transpose (the input gradient). Taps outside the input
+    read zero padding. Every pixel sums its taps in the same order, ky then kx, interior or border.
+    """
+    out_h, out_w = out.shape[1:]
+    in_h, in_w = input.shape[1:]
+    if flipped:
+        w00, w01, w02 = weight[weight_plane, 2, 2], weight[weight_plane, 2, 1], weight[weight_plane, 2, 0]
+        w10, w11, w12 = weight[weight_plane, 1, 2], weight[weight_plane, 1, 1], weight[weight_plane, 1, 0]
+        w20, w21, w22 = weight[weight_plane, 0, 2], weight[weight_plane, 0, 1], weight[weight_plane, 0, 0]
+    else:
+        w00, w01, w02 = weight[weight_plane, 0, 0], weight[weight_plane, 0, 1], weight[weight_plane, 0, 2]
+        w10, w11, w12 = weight[weight_plane, 1, 0], weight[weight_plane, 1, 1], weight[weight_plane, 1, 2]
+        w20, w21, w22 = weight[weight_plane, 2, 0], weight[weight_plane, 2, 1], weight[weight_plane, 2, 2]
+    y_low, y_high = interior_outputs(out_h, in_h, -pad_top, stride)
+    x_low, x_high = interior_outputs(out_w, in_w, -pad_left, stride)
+    n = x_high - x_low
+    first = max(0, x_low * stride - pad_left)  # input column of tap kx = 0 at x_low, in the interior
+    for y in range(out_h):
+        top = y * stride - pad_top  # input row of tap ky = 0
+        interior_row = y_low <= y < y_high and n > 0
+        if interior_row:
+            r0, r1, r2 = max(0, top), max(0, top + 1), max(0, top + 2)
+            if stride == 1:
+                for i in range(n):
+                    x, ix = x_low + i, first + i
+                    out[out_plane, y, x] = (
+                        (out[out_plane, y, x] if keep else start)
+                        + w00 * input[in_plane, r0, ix] + w01 * input[in_plane, r0, ix + 1]
+                        + w02 * input[in_plane, r0, ix + 2] + w10 * input[in_plane, r1, ix]
+                        + w11 * input[in_plane, r1, ix + 1] + w12 * input[in_plane, r1, ix + 2]
+                        + w20 * input[in_plane, r2, ix] + w21 * input[in_plane, r2, ix + 1]
+                        + w22 * input[in_plane, r2, ix + 2])
+            else:
+                for i in range(n):
+                    x, ix = x_low + i, first + 2 * i
+                    out[out_plane, y, x] = (
+                        (out[out_plane, y, x] if keep else start)
+                        + w00 * input[in_plane, r0, ix] + w01 * input[in_plane, r0, ix + 1]
+                        + w02 * input[in_plane, r0, ix + 2] + w10 * input[in_plane, r1, ix]
+                        + w11 * input[in_plane, r1, ix + 1] + w12 * input[in_plane, r1, ix + 2]
+                        + w20 * input[in_plane, r2, ix] + w21 * input[in_plane, r2, ix + 1]
+                        + w22 * input[in_plane, r2, ix + 2])
+        x = 0
+        while x < out_w:  # the border pixels of this row: every pixel outside the interior
+            if interior_row and x == x_low:
+                x = x_high
+                continue
+            total = out[out_plane, y, x] if keep else start
+            for ky in range(3):
+                iy = top + ky
+                if 0 <= iy < in_h:
+                    for kx in range(3):
+                        ix = x * stride - pad_left + kx
+                        if 0 <= ix < in_w:
+                            w = weight[weight_plane, 2 - ky, 2 - kx] if flipped else weight[weight_plane, ky, kx]
+                            total += w * input[in_plane, iy, ix]
+            out[out_plane, y, x] = total
+            x += 1
+
+
+@register_jitable
+def add_plane_correlation_transposed(dinput, dinput_plane, dout, dout_plane, weight, weight_plane, stride, pad_top,
+                                     pad_left, keep):
+    """dinput[dinput_plane] = (dinput[dinput_plane] if keep else 0) + the adjoint of add_plane_correlation.
+
+    dinput (., H, W), dout (., Ho, Wo), weight (., 3, 3). Stride 1 is the correlation with the rotated weight, gathered.
+    Stride 2: dinput[i, j] receives dout[y, x] through tap (ky, kx) when i = 2y + ky - pad_top and
+    j = 2x + kx - pad_left, so an even j + pad_left takes taps kx = 0 and 2 (from x and x - 1), an odd one kx = 1
+    alone: the row interior is written in (even, odd) pairs, one tap row ky at a time.
+    """
+    if stride == 1:
+        add_plane_correlation(dinput, dinput_plane, dout, dout_plane, weight, weight_plane, 1, 2 - pad_top,
+                              2 - pad_left, True, np.float32(0.0), keep)
+        return
+    in_h, in_w = dinput.shape[1:]
+    out_h, out_w = dout.shape[1:]
+    if not keep:
+        for i in range(in_h):
+            for j in range(in_w):
+                dinput[dinput_plane, i, j] = 0.0
+    x_low = max(1, (pad_left + 1) // 2)  # pairs (2x - pad_left, 2x + 1 - pad_left) inside the row, reading x - 1, x
+    x_high = max(x_low, min(out_w, (in_w + pad_left) // 2))
+    j_low, j_high = max(0, 2 * x_low - pad_left), 2 * x_high - pad_left
+    previous = max(0, x_low - 1)
+    for i in range(in_h):
+        for ky in range(3):
+            shifted = i + pad_top - ky
+            if shifted % 2 != 0 or not 0 <= shifted // 2 < out_h:
+                continue
+            y = max(0, shifted // 2)
+            w0, w1, w2 = weight[weight_plane, ky, 0], weight[weight_plane, ky, 1], weight[weight_plane, ky, 2]
+            for p in range(x_high - x_low):
+                j, x = j_low + 2 * p, previous + p
+                dinput[dinput_plane, i, j] = (dinput[dinput_plane, i, j] + w0 * dout[dout_plane, y, x + 1]
+                                              + w2 * dout[dout_plane, y, x])
+                dinput[dinput_plane, i, j + 1] = dinput[dinput_plane, i, j + 1] + w1 * dout[dout_plane, y, x + 1]
+            j = 0
+            while j < in_w:  # the border pixels of this row
+                if j == j_low and j_high > j_low:
+                    j = j_high
+                    continue
+                total = dinput[dinput_plane, i, j]
+                half = j + pad_left
+                if half % 2 == 0:
+                    if 0 <= half // 2 < out_w:
+                        total += w0 * dout[dout_plane, y, half // 2]
+                    if 0 <= half // 2 - 1 < out_w:
+                        total += w2 * dout[dout_plane, y, half // 2 - 1]
+                elif 0 <= (half - 1) // 2 < out_w:
+                    total += w1 * dout[dout_plane, y, (half - 1) // 2]
+                dinput[dinput_plane, i, j] = total
+                j += 1
+
+
+@register_jitable(fastmath={"reassoc"})
+def plane_weight_gradient(dweight, dweight_plane, dout, dout_plane, input, in_plane, stride, pad_top, pad_left):
+    """dweight[dweight_plane] (3, 3) = sum over the plane of dout[dout_plane] (Ho, Wo) times each tap's shifted
+    view of input[in_plane] (H, W).
+
+    fastmath "reassoc" (this function only) lets LLVM split the row sums over vector lanes; each row's interior is
+    summed in the arrays' dtype, rows and border pixels in float64.
+    """
+    out_h, out_w = dout.shape[1:]
+    in_h, in_w = input.shape[1:]
+    x_low, x_high = interior_outputs(out_w, in_w, -pad_left, stride)
+    first = max(0, x_low * stride - pad_left)
+    for ky in range(3):
+        total0, total1, total2 = 0.0, 0.0, 0.0
+        for y in range(out_h):
+            iy = y * stride + ky - pad_top
+            if not 0 <= iy < in_h:
+                continue
+            row = max(0, iy)
+            sum0, sum1, sum2 = np.float32(0.0), np.float32(0.0), np.float32(0.0)  # float64 if the arrays are
+            if stride == 1:
+                for i in range(x_high - x_low):
+                    d, ix = dout[dout_plane, y, x_low + i], first + i
+                    sum0 += d * input[in_plane, row, ix]
+                    sum1 += d * input[in_plane, row, ix + 1]
+                    sum2 += d * input[in_plane, row, ix + 2]
+            else:
+                for i in range(x_high - x_low):
+                    d, ix = dout[dout_plane, y, x_low + i], first + 2 * i
+                    sum0 += d * input[in_plane, row, ix]
+                    sum1 += d * input[in_plane, row, ix + 1]
+                    sum2 += d * input[in_plane, row, ix + 2]
+            total0 += sum0
+            total1 += sum1
+            total2 += sum2
+            x = 0
+            while x < out_w:  # the border pixels of this row
+                if x == x_low and x_high > x_low:
+                    x = x_high
+                    continue
+                d, ix = dout[dout_plane, y, x], x * stride - pad_left
+                if 0 <= ix < in_w:
+                    total0 += d * input[in_plane, row, ix]
+                if 0 <= ix + 1 < in_w:
+                    total1 += d * input[in_plane, row, ix + 1]
+                if 0 <= ix + 2 < in_w:
+                    total2 += d * input[in_plane, row, ix + 2]
+                x += 1
+        dweight[dweight_plane, ky, 0] = total0
+        dweight[dweight_plane, ky, 1] = total1
+        dweight[dweight_plane, ky, 2] = total2
