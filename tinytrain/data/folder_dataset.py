@@ -22,8 +22,8 @@ SPLITS = ("train", "test")
 DEFAULT_TEST_FRACTION = 0.2
 SPLIT_STREAM = 3  # the random stream of the seed that draws the test images (augment.py uses 0, 1 and 2)
 IMAGE_TYPES = "/".join(IMAGE_SUFFIXES)
-LAYOUT_HELP = "put each class's images in a folder named after the class: <class>/<image>, or train/<class>/<image> " \
-              "and test/<class>/<image>"
+LAYOUT_HELP = ("put each class's images in a folder named after the class: <class>/<image>, or "
+               "train/<class>/<image> and test/<class>/<image>")
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,7 @@ def scan_folder_dataset(path: str | Path, test_fraction: float = DEFAULT_TEST_FR
     images, folders = list_images(path, progress)
     if not images:
         raise DataNotFoundError(path, f"no {IMAGE_TYPES} images in it; {LAYOUT_HELP}")
-    has_own_split = any(len(PurePosixPath(name).parts) >= 3 and PurePosixPath(name).parts[-3] in SPLITS
-                        for name in images)
+    has_own_split = any(_part(name, -3) in SPLITS for name in images)
     depth = 3 if has_own_split else 2  # parts from the class-folders' parent folder down: [split/]class/image
     prefix = _common_prefix(path, images, depth)
     if has_own_split:
@@ -81,6 +80,7 @@ def scan_folder_dataset(path: str | Path, test_fraction: float = DEFAULT_TEST_FR
 
 
 def _part(name: str, index: int) -> str | None:
+    """Part `index` (negative: from the file name up) of a path, None if it has too few."""
     parts = PurePosixPath(name).parts
     return parts[index] if len(parts) >= -index else None
 
