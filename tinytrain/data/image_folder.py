@@ -136,7 +136,7 @@ def load_image_files(
     _visit_images(path, "", add, progress)
     missing = [name for (name, _), member in zip(files, found) if member is None]
     if missing:
-        raise DataNotFoundError(path, f"{missing[0]} is gone (it was listed a moment ago); list the folder again")
+        raise DataNotFoundError(path, f"{missing[0]} was listed but is gone; run again once the folder stops changing")
     return _decode_all(path, split, found, len(label_names), image_size, True, cache_file, progress)
 
 
