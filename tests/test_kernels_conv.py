@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from kernel_references import (conv_output_size, numerical_gradient, random_array, selection, torch_conv2d,
                                torch_gradients, unwritten)
+from numba import njit
 
+from tinytrain.kernels.blas import add_transposed_product
 from tinytrain.kernels.channels import _bias_backward, bias_backward
 from tinytrain.kernels.conv2d import (_conv2d_backward_input, _conv2d_backward_weight, _conv2d_forward,
                                       conv2d_backward_input, conv2d_backward_weight, conv2d_forward)
@@ -256,3 +258,22 @@ def test_pointwise_selected_weight_gradient_is_dense_slice():
         dweight_selected = unwritten(len(out_channels), len(in_channels))
         pointwise_backward_weight(dweight_selected, dout, np.ascontiguousarray(input[in_channels]), out_channels)
         np.testing.assert_allclose(dweight_selected, dweight[np.ix_(out_channels, in_channels)], rtol=1e-6, atol=1e-6)
+
+
+@njit
+def jitted_add_transposed_product(out, a, b):
+    add_transposed_product(out, a, b)
+
+
+@pytest.mark.parametrize("columns", [slice(3, 80), slice(0, 90, 2), slice(5, 5)])
+def test_accumulated_product_on_views(columns):
+    # The accumulating input gradient's sgemm reads rows a whole row apart: a block of columns of a wider array (rows
+    # further apart than its width) goes through BLAS, columns that are not adjacent through the loop, none at all
+    # through neither.
+    rng = np.random.default_rng(7)
+    weight, dout = random_array(rng, 6, 5), random_array(rng, 6, 90)
+    dinput = random_array(rng, 5, 90)
+    expected = dinput.astype(np.float64)
+    expected[:, columns] += weight.T.astype(np.float64) @ dout[:, columns]
+    jitted_add_transposed_product(dinput[:, columns], weight, dout[:, columns])
+    np.testing.assert_allclose(dinput, expected, **TOLERANCE)

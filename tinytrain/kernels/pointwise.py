@@ -1,7 +1,9 @@
 """Pointwise (1 x 1) convolution as matrix products over the P = H*W pixels of (C, P) views: forward and gradients."""
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from tinytrain.kernels.blas import add_transposed_product
 
 # np.dot(a, b, out) in a Numba kernel calls BLAS sgemm and writes straight into `out` without allocating, provided
 # every operand has a C or F layout (a transposed view such as weight.T is F and only flips a BLAS flag; an arbitrary
@@ -24,21 +26,15 @@ def _pointwise_backward_input(dinput, dout, weight, accumulate):
     """dinput (= or +=) weight.T @ dout; dinput (C, P), dout (K, P), weight (K, C).
 
     np.dot always overwrites its output (BLAS beta = 0) and adding its result would need scratch, so accumulating
-    runs a plain loop instead: prange over input channels, a contiguous (vectorised) row update innermost.
+    calls sgemm with beta = 1 itself (blas.py).
     """
-    if not accumulate:
+    if accumulate:
+        add_transposed_product(dinput, weight, dout)
+    else:
         np.dot(weight.T, dout, dinput)
-        return
-    n_out, n_in = weight.shape
-    n_pixels = dinput.shape[1]
-    for c in prange(n_in):
-        for k in range(n_out):
-            w = weight[k, c]
-            for p in range(n_pixels):
-                dinput[c, p] += w * dout[k, p]
 
 
-pointwise_backward_input = njit(cache=True, parallel=True)(_pointwise_backward_input)
+pointwise_backward_input = njit(cache=True)(_pointwise_backward_input)
 
 
 def _pointwise_backward_weight(dweight, dout, input_selected, out_channels):
