@@ -16,6 +16,7 @@ from PIL import Image
 from tinytrain.checkpoint import TrainingState, load_trained_model, save_checkpoint
 from tinytrain.data import image_folder, read_image, scan_folder_dataset
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
+from tinytrain.pruned_model import save_pruned
 from tinytrain.train import ConfigError, TrainConfig, Trainer
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
@@ -238,3 +239,12 @@ def test_resuming_on_a_folder_whose_classes_changed_is_refused_before_any_weight
     write_folder(root, {"owl": 3})
     with pytest.raises(ConfigError, match="trained on the classes cat, dog; the data now has cat, dog, owl"):
         Trainer(config, tmp_path / "run", data_dir=tmp_path / "no-data", progress=False, resume=True)
+
+
+def test_a_pruned_model_with_another_number_of_classes_is_refused(tmp_path):
+    root = write_folder(tmp_path / "pets", {"cat": 3, "dog": 3})
+    pruned = tmp_path / "pruned.h5"
+    save_pruned(pruned, build_mobilenetv2(num_classes=10, resolution=32), {}, {"ratio": 0.0})
+    config = TrainConfig(dataset=str(root), model=str(pruned), resolution=32, epochs=1)
+    with pytest.raises(ConfigError, match=f"--model {pruned}: its classifier has 10 classes, the data 2"):
+        Trainer(config, tmp_path / "run", data_dir=tmp_path / "no-data", progress=False)
