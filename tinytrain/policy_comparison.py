@@ -1,0 +1,34 @@
+"""The policy comparison as a sweep: every update policy trained with the same data, schedule and seed, plus
+`dynamic` on a pruned model when one is given."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from tinytrain.memory import MEASURING_ARENA_BYTES
+from tinytrain.sweep_grid import Trial, check_unique_names
+from tinytrain.sweep_summary import TrialOutcome
+from tinytrain.train import TrainConfig
+
+PRUNED_LABEL = "dynamic, pruned"
+
+
+def comparison_trials(base: TrainConfig, policies: list[str], pruned_model: str | None = None) -> list[Trial]:
+    """One trial per policy on `base`, named after it; dense runs in the arena it needs (about 11 MB at 128x128), the
+    others in base's."""
+    labelled = [(policy, replace(base, policy=policy,
+                                 arena_bytes=MEASURING_ARENA_BYTES if policy == "dense" else base.arena_bytes))
+                for policy in policies]
+    if pruned_model is not None:
+        labelled.append((PRUNED_LABEL, replace(base, policy="dynamic", model=pruned_model)))
+    trials = [Trial(label.replace(", ", "-"), {"policy": label}, config) for label, config in labelled]
+    check_unique_names(trials)
+    return trials
+
+
+def comparison_caption(base: TrainConfig, outcomes: list[TrialOutcome]) -> str:
+    """The line above the comparison table: model, data, input size, schedule and how many test images."""
+    finished = [outcome.results for outcome in outcomes if outcome.results is not None]
+    counts = (f", {finished[0]['steps']:,} steps, {finished[0]['test_images']:,} test images" if finished else "")
+    return (f"MobileNetV2-1.0 (ImageNet), CIFAR-10 (JPEG q75 copy), {base.resolution}x{base.resolution}, batch 1, "
+            f"{base.epochs} epoch(s){counts}.")

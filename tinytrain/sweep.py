@@ -1,0 +1,153 @@
+"""Run a sweep's trials on Ray: one fine-tuning run per trial, one core each, retried from its checkpoint when its
+worker dies; a rerun skips the trials that finished and resumes the others.
+
+Ray places the trials (a task per trial, one CPU each); this module only submits them, waits and tabulates. Every
+trial writes to its own folder under the sweep's, which on a cluster must be a file system all nodes share."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from tinytrain import paths
+from tinytrain.checkpoint import CheckpointError, read_progress
+from tinytrain.sweep_grid import GridError, Trial
+from tinytrain.sweep_summary import TrialOutcome, read_complete_results
+from tinytrain.train import (ConfigError, RunAlreadyFinished, Trainer, config_differences, prepare_output_dir,
+                             validate_config)
+
+INSTALL_HINT = "pip install -e \".[sweep]\""
+# Numba's default of one thread per core would put cores x trials threads on the cores; its parallel kernels then
+# wait for their slowest thread. One thread per trial and one trial per core keeps every core busy without that.
+TRIAL_RUNTIME_ENV = {"env_vars": {"NUMBA_NUM_THREADS": "1"}}
+LOCAL_OBJECT_STORE_BYTES = 100 << 20  # trials exchange only their configurations and results
+DEFAULT_RETRIES = 3
+
+
+class SweepError(ConfigError):
+    """A sweep that cannot start, or whose trials did not all finish; the message says what to do."""
+
+
+def require_ray():
+    """The ray module, or SweepError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise SweepError(f"sweeps run on Ray, which is not installed; install it with {INSTALL_HINT}") from None
+    return ray
+
+
+def run_trial(trial: Trial, output_dir: str, data_dir: str) -> tuple[str, dict]:
+    """Train `trial` in `output_dir` ("ran"), or continue it from the checkpoint there ("resumed"), on a Ray worker.
+
+    A retried trial, whose worker died, finds the checkpoint its first attempt wrote."""
+    checkpoint = Path(output_dir) / "checkpoint.h5"
+    resume = checkpoint.is_file()
+    try:
+        trainer = Trainer(trial.config, Path(output_dir), data_dir=data_dir, progress=False, resume=resume)
+    except RunAlreadyFinished:  # it died after writing results.json
+        return "resumed", read_complete_results(Path(output_dir) / "results.json")
+    return ("resumed" if resume else "ran"), asdict(trainer.run())
+
+
+def check_trial_folder(trial: Trial, folder: Path) -> dict | None:
+    """The results of a trial that finished with these settings, None for one to run or resume; SweepError when the
+    folder holds a run of other settings."""
+    results = read_complete_results(folder / "results.json")
+    saved = results["config"] if results is not None else None
+    checkpoint = folder / "checkpoint.h5"
+    if checkpoint.is_file():  # what the run trained with, and what a resume would be checked against
+        try:
+            _, saved, _ = read_progress(checkpoint)
+        except CheckpointError as error:
+            raise SweepError(f"trial {trial.name}: {error}") from error
+    if saved is not None:
+        differences = config_differences(saved, trial.config)
+        if differences:
+            raise SweepError(f"{folder} holds a run with other settings ({'; '.join(differences)}); rerun the sweep "
+                             "with its own settings, or choose another --output-dir")
+    return results
+
+
+def _error_text(error: Exception) -> str:
+    cause = getattr(error, "cause", None)  # a RayTaskError carries the trial's own exception
+    return " ".join(str(cause if cause is not None else error).split())
+
+
+def _connect(ray, address: str | None, num_cpus: int | None) -> bool:
+    """Join the cluster at `address`, or start Ray here with `num_cpus` (default: every core); True if this call
+    started the connection, which the sweep then closes."""
+    if ray.is_initialized():
+        return False
+    if address is not None:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+    return True
+
+
+def run_sweep(trials: list[Trial], output_dir: str | Path, data_dir: str | Path | None = None,
+              address: str | None = None, num_cpus: int | None = None, retries: int = DEFAULT_RETRIES,
+              progress: bool = True) -> list[TrialOutcome]:
+    """Every trial's outcome, in the order given. Everything is checked before Ray starts: each configuration, the
+    output folder, the data folder, and every trial folder already there (which must hold a run of the same
+    settings). Trials that fail leave outcomes with their error; the others still run."""
+    ray = require_ray()
+    if not trials:
+        raise GridError("the sweep has no trials; give it a grid")
+    if num_cpus is not None and num_cpus < 1:
+        raise SweepError(f"--cpus {num_cpus}: must be at least 1")
+    if retries < 0:
+        raise SweepError(f"--retries {retries}: must be 0 or more")
+    for trial in trials:
+        validate_config(trial.config)
+    output_dir = Path(output_dir).absolute()
+    data_root = paths.data_dir(data_dir).absolute()
+    if not data_root.is_dir():
+        raise SweepError(f"data folder {data_root} does not exist; give --data-dir or set TINYTRAIN_DATA to the folder "
+                         "holding the weights and cifar10/")
+    prepare_output_dir(output_dir)
+    outcomes = {}
+    for trial in trials:
+        results = check_trial_folder(trial, output_dir / trial.name)
+        if results is not None:
+            outcomes[trial.name] = TrialOutcome(trial, "skipped", results)
+    pending = [trial for trial in trials if trial.name not in outcomes]
+    started_ray = _connect(ray, address, num_cpus) if pending else False
+    try:
+        remote_trial = ray.remote(run_trial).options(num_cpus=1, max_retries=retries, retry_exceptions=False,
+                                                    runtime_env=TRIAL_RUNTIME_ENV)
+        running = {remote_trial.remote(trial, str(output_dir / trial.name), str(data_root)): trial
+                   for trial in pending}
+        bar = tqdm(total=len(trials), initial=len(outcomes), unit="trial", desc="sweep", disable=not progress)
+        with bar:
+            while running:
+                done, _ = ray.wait(list(running), num_returns=1)
+                trial = running.pop(done[0])
+                try:
+                    status, results = ray.get(done[0])
+                    outcomes[trial.name] = TrialOutcome(trial, status, results)
+                    bar.set_postfix_str(f"{trial.name}: {results['test_accuracy']:.2%}")
+                except ray.exceptions.RayError as error:
+                    outcomes[trial.name] = TrialOutcome(trial, "failed", None, _error_text(error))
+                    bar.set_postfix_str(f"{trial.name}: failed")
+                bar.update()
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return [outcomes[trial.name] for trial in trials]
+
+
+def failure_report(outcomes: list[TrialOutcome]) -> str | None:
+    """One line naming every failed trial and its error, or None when all finished."""
+    failed = [outcome for outcome in outcomes if outcome.status == "failed"]
+    if not failed:
+        return None
+    return (f"{len(failed)} of {len(outcomes)} trials failed: "
+            + "; ".join(f"{outcome.trial.name}: {outcome.error}" for outcome in failed)
+            + ". Fix the cause and rerun the same command: finished trials are skipped, stopped ones resume")
