@@ -9,6 +9,8 @@ border pixels, which test each tap. How the code is written is what makes it fas
 - Interior indices are written max(0, ...) + i: LLVM then knows they are not negative and drops Numba's
   negative-index wraparound, which otherwise keeps the loop from vectorising.
 - Each function does a whole plane in one call: Numba does not inline calls between its functions.
+- fastmath "contract" (these functions only) lets LLVM fuse each multiply and add into one FMA, rounded once. The
+  in-place kernels call the same functions as the out-of-place ones, so the two still agree bit for bit.
 Numba's cache only watches the file of the jitted kernel: after editing this file, also touch the kernel files that
 import it (or delete tinytrain/kernels/__pycache__).
 """
@@ -32,7 +34,7 @@ def interior_outputs(out_size, in_size, offset, stride):
     return low, max(low, high)
 
 
-@register_jitable
+@register_jitable(fastmath={"contract"})
 def add_plane_correlation(out, out_plane, input, in_plane, weight, weight_plane, stride, pad_top, pad_left, flipped,
                           start, keep):
     """out[out_plane] = (out[out_plane] if keep else start) + the 3 x 3 correlation of input[in_plane]:
@@ -55,15 +57,15 @@ def add_plane_correlation(out, out_plane, input, in_plane, weight, weight_plane,
     y_low, y_high = interior_outputs(out_h, in_h, -pad_top, stride)
     x_low, x_high = interior_outputs(out_w, in_w, -pad_left, stride)
     n = x_high - x_low
+    start_x = max(0, x_low)  # == x_low; max() tells LLVM that it is not negative
     first = max(0, x_low * stride - pad_left)  # input column of tap kx = 0 at x_low, in the interior
     for y in range(out_h):
         top = y * stride - pad_top  # input row of tap ky = 0
-        interior_row = y_low <= y < y_high and n > 0
-        if interior_row:
+        if y_low <= y < y_high and n > 0:  # three input rows: all nine taps in one pass
             r0, r1, r2 = max(0, top), max(0, top + 1), max(0, top + 2)
             if stride == 1:
                 for i in range(n):
-                    x, ix = x_low + i, first + i
+                    x, ix = start_x + i, first + i
                     out[out_plane, y, x] = (
                         (out[out_plane, y, x] if keep else start)
                         + w00 * input[in_plane, r0, ix] + w01 * input[in_plane, r0, ix + 1]
@@ -73,7 +75,7 @@ def add_plane_correlation(out, out_plane, input, in_plane, weight, weight_plane,
                         + w22 * input[in_plane, r2, ix + 2])
             else:
                 for i in range(n):
-                    x, ix = x_low + i, first + 2 * i
+                    x, ix = start_x + i, first + 2 * i
                     out[out_plane, y, x] = (
                         (out[out_plane, y, x] if keep else start)
                         + w00 * input[in_plane, r0, ix] + w01 * input[in_plane, r0, ix + 1]
@@ -81,25 +83,67 @@ def add_plane_correlation(out, out_plane, input, in_plane, weight, weight_plane,
                         + w11 * input[in_plane, r1, ix + 1] + w12 * input[in_plane, r1, ix + 2]
                         + w20 * input[in_plane, r2, ix] + w21 * input[in_plane, r2, ix + 1]
                         + w22 * input[in_plane, r2, ix + 2])
+        elif n > 0:  # a top or bottom row: one pass per input row inside the plane, in ky order
+            started = keep
+            for ky in range(3):
+                if not 0 <= top + ky < in_h:
+                    continue
+                row = max(0, top + ky)
+                if flipped:
+                    a, b = weight[weight_plane, 2 - ky, 2], weight[weight_plane, 2 - ky, 1]
+                    c = weight[weight_plane, 2 - ky, 0]
+                else:
+                    a, b, c = weight[weight_plane, ky, 0], weight[weight_plane, ky, 1], weight[weight_plane, ky, 2]
+                if stride == 1:
+                    for i in range(n):
+                        x, ix = start_x + i, first + i
+                        out[out_plane, y, x] = ((out[out_plane, y, x] if started else start)
+                                                + a * input[in_plane, row, ix] + b * input[in_plane, row, ix + 1]
+                                                + c * input[in_plane, row, ix + 2])
+                else:
+                    for i in range(n):
+                        x, ix = start_x + i, first + 2 * i
+                        out[out_plane, y, x] = ((out[out_plane, y, x] if started else start)
+                                                + a * input[in_plane, row, ix] + b * input[in_plane, row, ix + 1]
+                                                + c * input[in_plane, row, ix + 2])
+                started = True
+            if not started:  # no input row reaches this output row: padding only
+                for i in range(n):
+                    out[out_plane, y, start_x + i] = start
         x = 0
-        while x < out_w:  # the border pixels of this row: every pixel outside the interior
-            if interior_row and x == x_low:
+        while x < out_w:  # the border pixels of this row: the columns outside [x_low, x_high)
+            if x == x_low and n > 0:
                 x = x_high
                 continue
             total = out[out_plane, y, x] if keep else start
-            for ky in range(3):
-                iy = top + ky
-                if 0 <= iy < in_h:
-                    for kx in range(3):
-                        ix = x * stride - pad_left + kx
-                        if 0 <= ix < in_w:
-                            w = weight[weight_plane, 2 - ky, 2 - kx] if flipped else weight[weight_plane, ky, kx]
-                            total += w * input[in_plane, iy, ix]
+            ix = x * stride - pad_left
+            inside0, inside1, inside2 = 0 <= ix < in_w, 0 <= ix + 1 < in_w, 0 <= ix + 2 < in_w
+            if 0 <= top < in_h:
+                if inside0:
+                    total += w00 * input[in_plane, top, ix]
+                if inside1:
+                    total += w01 * input[in_plane, top, ix + 1]
+                if inside2:
+                    total += w02 * input[in_plane, top, ix + 2]
+            if 0 <= top + 1 < in_h:
+                if inside0:
+                    total += w10 * input[in_plane, top + 1, ix]
+                if inside1:
+                    total += w11 * input[in_plane, top + 1, ix + 1]
+                if inside2:
+                    total += w12 * input[in_plane, top + 1, ix + 2]
+            if 0 <= top + 2 < in_h:
+                if inside0:
+                    total += w20 * input[in_plane, top + 2, ix]
+                if inside1:
+                    total += w21 * input[in_plane, top + 2, ix + 1]
+                if inside2:
+                    total += w22 * input[in_plane, top + 2, ix + 2]
             out[out_plane, y, x] = total
             x += 1
 
 
-@register_jitable
+@register_jitable(fastmath={"contract"})
 def add_plane_correlation_transposed(dinput, dinput_plane, dout, dout_plane, weight, weight_plane, stride, pad_top,
                                      pad_left, keep):
     """dinput[dinput_plane] = (dinput[dinput_plane] if keep else 0) + the adjoint of add_plane_correlation.
@@ -164,6 +208,7 @@ def plane_weight_gradient(dweight, dweight_plane, dout, dout_plane, input, in_pl
     out_h, out_w = dout.shape[1:]
     in_h, in_w = input.shape[1:]
     x_low, x_high = interior_outputs(out_w, in_w, -pad_left, stride)
+    start_x = max(0, x_low)
     first = max(0, x_low * stride - pad_left)
     for ky in range(3):
         total0, total1, total2 = 0.0, 0.0, 0.0
@@ -175,13 +220,13 @@ def plane_weight_gradient(dweight, dweight_plane, dout, dout_plane, input, in_pl
             sum0, sum1, sum2 = np.float32(0.0), np.float32(0.0), np.float32(0.0)  # float64 if the arrays are
             if stride == 1:
                 for i in range(x_high - x_low):
-                    d, ix = dout[dout_plane, y, x_low + i], first + i
+                    d, ix = dout[dout_plane, y, start_x + i], first + i
                     sum0 += d * input[in_plane, row, ix]
                     sum1 += d * input[in_plane, row, ix + 1]
                     sum2 += d * input[in_plane, row, ix + 2]
             else:
                 for i in range(x_high - x_low):
-                    d, ix = dout[dout_plane, y, x_low + i], first + 2 * i
+                    d, ix = dout[dout_plane, y, start_x + i], first + 2 * i
                     sum0 += d * input[in_plane, row, ix]
                     sum1 += d * input[in_plane, row, ix + 1]
                     sum2 += d * input[in_plane, row, ix + 2]
