@@ -8,12 +8,12 @@ from pathlib import Path
 
 from tinytrain.checkpoint import load_trained_model
 from tinytrain.cli import add_debug_flag, run_script
-from tinytrain.data import Augmenter, load_cifar10
+from tinytrain.data import Augmenter
 from tinytrain.tflite.convert import ExportError
 from tinytrain.tflite.export import describe_export, export_tflite
 from tinytrain.tflite.packages import MissingPackageError, require
+from tinytrain.tflite.run_data import load_run_split
 
-CIFAR10_TRAIN_IMAGES = 50_000
 DEFAULT_CALIBRATION_IMAGES = 500
 
 
@@ -24,7 +24,8 @@ def parse_args(argv):
                     "with BatchNorm already folded, NHWC. With --int8: full-integer post-training quantization as "
                     "the TFLite int8 spec defines it (weights int8 per output channel, activations int8 per tensor, "
                     "biases int32), with activation ranges calibrated by running the float model in the arena on "
-                    "--calibration-images CIFAR-10 training images. The input is the preprocessed image, (pixel / "
+                    "--calibration-images training images of the run's own data (its --dataset folder, else "
+                    "CIFAR-10). The input is the preprocessed image, (pixel / "
                     "255 - mean) / std at the checkpoint's resolution (for the TF-slim weights: pixel / 127.5 - 1, so "
                     "an int8 input is pixel - 128); the output is the logits. The file is written atomically. Needs "
                     "the optional packages: pip install 'tinytrain[tflite]'.",
@@ -33,11 +34,11 @@ def parse_args(argv):
     parser.add_argument("--output", type=Path, required=True, help="the .tflite file to write")
     parser.add_argument("--int8", action="store_true", help="full-integer int8 instead of float32")
     parser.add_argument("--calibration-images", type=int, default=None,
-                        help=f"--int8: CIFAR-10 training images (a seeded random subset) whose activation ranges set "
-                             f"the quantization (default {DEFAULT_CALIBRATION_IMAGES})")
+                        help=f"--int8: training images (a seeded random subset) whose activation ranges set the "
+                             f"quantization (default {DEFAULT_CALIBRATION_IMAGES})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
-    parser.add_argument("--data-dir", help="folder holding CIFAR-10, for --int8 (default: $TINYTRAIN_DATA, then the "
-                                           "user cache)")
+    parser.add_argument("--data-dir", help="folder holding CIFAR-10, for --int8 of a CIFAR-10 run (default: "
+                                           "$TINYTRAIN_DATA, then the user cache)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
@@ -45,8 +46,8 @@ def parse_args(argv):
         parser.error("--calibration-images calibrates the int8 model: add --int8, or leave it out")
     if args.calibration_images is None:
         args.calibration_images = DEFAULT_CALIBRATION_IMAGES
-    if not 1 <= args.calibration_images <= CIFAR10_TRAIN_IMAGES:
-        parser.error(f"--calibration-images must be in 1..{CIFAR10_TRAIN_IMAGES:,}, got {args.calibration_images}")
+    if args.calibration_images < 1:
+        parser.error(f"--calibration-images must be at least 1, got {args.calibration_images}")
     if args.seed < 0:
         parser.error(f"--seed must be 0 or more, got {args.seed}")
     if not args.checkpoint.is_file():
@@ -66,7 +67,12 @@ def main(argv=None) -> int:
             model = load_trained_model(args.checkpoint)
             calibration = None
             if args.int8:
-                train = load_cifar10("train", data_dir=args.data_dir, progress=not args.no_progress)
+                train = load_run_split(model.config, "train", model.graph.input_shape[1], args.data_dir,
+                                       progress=not args.no_progress)
+                if args.calibration_images > len(train):
+                    print(f"error: --calibration-images {args.calibration_images:,}: the run's training split has "
+                          f"{len(train):,} images; ask for at most that many", file=sys.stderr)
+                    return 1
                 calibration = Augmenter(train.images, train.labels, model.graph.input_shape[1], shuffle=False,
                                         subset=args.calibration_images, seed=args.seed)
             summary = export_tflite(model.graph, args.output, calibration, progress=not args.no_progress)

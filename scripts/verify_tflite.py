@@ -8,19 +8,19 @@ from pathlib import Path
 
 from tinytrain.checkpoint import load_trained_model
 from tinytrain.cli import add_debug_flag, run_script
-from tinytrain.data import Augmenter, load_cifar10
+from tinytrain.data import Augmenter
 from tinytrain.tflite.agreement import ModelMismatch, describe, measure_agreement, measure_inference_arena
 from tinytrain.tflite.packages import MissingPackageError, require
+from tinytrain.tflite.run_data import load_run_split
 from tinytrain.tflite.runtimes import RuntimeLoadError
-
-CIFAR10_TEST_IMAGES = 10_000
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         description="Measure exported models (scripts/export_tflite.py) in the real runtimes, TFLite Micro and LiteRT, "
                     "against tinytrain's float32 inference of the checkpoint they came from, on the first --images "
-                    "CIFAR-10 test images at the checkpoint's resolution. Prints, per model and runtime, the largest "
+                    "test images of the run's own data (its --dataset folder, else CIFAR-10) at the checkpoint's "
+                    "resolution. Prints, per model and runtime, the largest "
                     "logit error relative to the largest tinytrain logit, the top-1 agreement with tinytrain and the "
                     "accuracy; and the bytes of TFLite Micro's arena for one inference beside tinytrain's measured "
                     "float32 inference peak, layer by layer and in the run's memory schedule. Needs the test extras: "
@@ -28,13 +28,15 @@ def parse_args(argv):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.h5 the models were exported from")
     parser.add_argument("--model", type=Path, nargs="+", required=True, help="one or more .tflite files")
-    parser.add_argument("--images", type=int, default=500, help="CIFAR-10 test images compared, from the first")
-    parser.add_argument("--data-dir", help="folder holding CIFAR-10 (default: $TINYTRAIN_DATA, then the user cache)")
+    parser.add_argument("--images", type=int, default=500,
+                        help="test images compared, from the first (all of them, if the split has fewer)")
+    parser.add_argument("--data-dir", help="folder holding CIFAR-10, for a CIFAR-10 run (default: $TINYTRAIN_DATA, "
+                                           "then the user cache)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
-    if not 1 <= args.images <= CIFAR10_TEST_IMAGES:
-        parser.error(f"--images must be in 1..{CIFAR10_TEST_IMAGES:,}, got {args.images}")
+    if args.images < 1:
+        parser.error(f"--images must be at least 1, got {args.images}")
     for flag, path in [("--checkpoint", args.checkpoint)] + [("--model", path) for path in args.model]:
         if not path.is_file():
             parser.error(f"{flag} {path}: no such file")
@@ -49,7 +51,8 @@ def main(argv=None) -> int:
             require("tflite_micro")
             require("ai_edge_litert")
             model = load_trained_model(args.checkpoint)
-            test = load_cifar10("test", data_dir=args.data_dir, progress=not args.no_progress)
+            test = load_run_split(model.config, "test", model.graph.input_shape[1], args.data_dir,
+                                  progress=not args.no_progress)
             for path in args.model:
                 flatbuffer = path.read_bytes()
                 samples = Augmenter(test.images[:args.images], test.labels[:args.images], model.graph.input_shape[1],

@@ -13,7 +13,7 @@ from tinytrain.graph import Graph
 from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Layer, Linear, Pointwise, SpatialConv, same_padding
 
 from .flatbuffer import ModelRecord, Operator, Options, Quantization, Tensor
-from .quantization import Calibration, activation_quantization, quantize_weight_and_bias
+from .quantization import Calibration, activation_quantization, quantize_weight_and_bias, tap_means
 
 # ActivationFunctionType and Padding values of schema.fbs
 NO_ACTIVATION, RELU6 = 0, 3
@@ -138,7 +138,8 @@ class _Converter:
             return (self._constant(f"{layer.name}/weight", _tflite_layout(layer, layer.weight)),
                     self._constant(f"{layer.name}/bias", layer.bias.copy()))
         quantized = quantize_weight_and_bias(layer.weight, layer.bias, float(self.quantization[source].scale[0]),
-                                             self.calibration.channel_means[source], isinstance(layer, Depthwise))
+                                             tap_means(layer, self.calibration.means[source]),
+                                             self.calibration.moments[layer.name], isinstance(layer, Depthwise))
         zeros = np.zeros(len(quantized.bias), np.int64)
         return (self._constant(f"{layer.name}/weight", _tflite_layout(layer, quantized.weight),
                                Quantization(quantized.weight_scale, zeros, channel_axis)),

@@ -17,9 +17,11 @@ from tqdm import tqdm
 from tinytrain.arena import Arena
 from tinytrain.engine import Engine
 from tinytrain.graph import Graph
+from tinytrain.layers import WeightedLayer
 from tinytrain.memory import MEASURING_ARENA_BYTES
 
 from .flatbuffer import Quantization
+from .rounding import input_columns, round_weights, second_moment
 
 INT8_MIN, INT8_MAX = -128, 127
 WEIGHT_MAX = 127  # symmetric weights use [-127, 127], so that -w is representable (TFLite int8 spec)
@@ -43,23 +45,26 @@ class Range:
 @dataclass(frozen=True)
 class Calibration:
     ranges: dict[str, Range]  # tensor -> the interval it is quantized over
-    channel_means: dict[str, np.ndarray]  # tensor -> mean of each channel (C,), for bias correction
+    means: dict[str, np.ndarray]  # tensor -> its mean over the images, (C, H, W) or (C,), for bias correction
+    moments: dict[str, np.ndarray]  # weighted layer -> its inputs' second moment (rounding.second_moment)
 
 
 def calibrate(graph: Graph, images: Iterable[np.ndarray], count: int, progress: bool = True) -> Calibration:
-    """The quantization range and the channel means of the input and of every layer's output over `images` (uint8
-    (H, W, C) at the graph's resolution, `count` of them)."""
+    """The quantization range and the mean of the input and of every layer's output, and the second moment of every
+    weighted layer's input, over `images` (uint8 (H, W, C) at the graph's resolution, `count` of them)."""
     samples: dict[str, list[np.ndarray]] = {}
     sums: dict[str, np.ndarray] = {}
+    moments: dict[str, np.ndarray] = {}
     for tensors in _every_tensor(graph, images, count, "calibration: ranges", progress):
+        for layer in graph.weighted_layers:
+            moments[layer.name] = moments.get(layer.name, 0.0) + second_moment(layer, tensors[layer.inputs[0]])
         for name, tensor in tensors.items():
             values = tensor.reshape(-1)
             stride = max(1, values.size // SAMPLES_PER_IMAGE)
             samples.setdefault(name, []).extend([values[::stride], np.array([values.min(), values.max()])])
-            means = tensor.reshape(tensor.shape[0], -1).mean(axis=1) if tensor.ndim == 3 else tensor
-            sums[name] = sums.get(name, 0.0) + means.astype(np.float64)
+            sums[name] = sums.get(name, 0.0) + tensor.astype(np.float64)
     return Calibration({name: least_squares_range(np.concatenate(values)) for name, values in samples.items()},
-                       {name: total / count for name, total in sums.items()})
+                       {name: total / count for name, total in sums.items()}, moments)
 
 
 def channel_ranges(graph: Graph, images: Iterable[np.ndarray], count: int,
@@ -129,26 +134,35 @@ class QuantizedLayer:
     bias_scale: np.ndarray  # (K,) float32, input_scale * weight_scale
 
 
-def quantize_weight_and_bias(weight: np.ndarray, bias: np.ndarray, input_scale: float, input_mean: np.ndarray,
-                             depthwise: bool) -> QuantizedLayer:
+def tap_means(layer: WeightedLayer, input_mean: np.ndarray) -> np.ndarray:
+    """(C, taps): the mean input that each weight tap of `layer` multiplies, over its output positions, zero padding
+    included, from the layer's mean input (C, H, W) (or (C,) for the classifier)."""
+    return input_columns(layer, input_mean).mean(axis=-1).reshape(input_mean.shape[0], -1)
+
+
+def quantize_weight_and_bias(weight: np.ndarray, bias: np.ndarray, input_scale: float, input_tap_means: np.ndarray,
+                             input_moment: np.ndarray, depthwise: bool) -> QuantizedLayer:
     """int8 weight per output channel (axis 0 of `weight`: (K, C, ...) or depthwise (C, ...)) and int32 bias of a
-    layer whose input has per-tensor scale `input_scale` and per-channel mean `input_mean` (C,).
+    layer whose input has per-tensor scale `input_scale`, whose taps see the mean inputs `input_tap_means`
+    (C, taps) (tap_means) and whose weight columns co-vary as `input_moment` says (rounding.second_moment).
 
     A channel's scale is max|w| / 127, raised where the bias would not fit int32 at input_scale * weight_scale (the
-    bias shares the accumulator's scale). Rounding the weights shifts each output's mean by sum(dW * mean input):
+    bias shares the accumulator's scale). The weights are rounded as rounding.round_weights does. What is left of
+    the rounding error still shifts each output's mean by sum(dW * mean input):
     on smooth images a depthwise kernel whose taps nearly cancel turns that shift into most of its output, so the
-    bias takes it back (bias correction, Nagel et al. 2019, section 4.2)."""
+    bias takes it back (bias correction, Nagel et al. 2019, section 4.2), tap by tap, so that the zero padding
+    around the small late feature maps counts."""
     channels = weight.shape[0]
     flat = weight.reshape(channels, -1).astype(np.float64)  # (K, C * taps)
     weight_scale = np.abs(flat).max(axis=1) / WEIGHT_MAX
     weight_scale = np.maximum(weight_scale, np.abs(bias.astype(np.float64)) / (input_scale * INT32_MAX))
     weight_scale = np.where(weight_scale > 0, weight_scale, 1.0).astype(np.float32)  # an all-zero channel: any scale
     scale = weight_scale.astype(np.float64)[:, np.newaxis]
-    quantized = np.clip(np.round(flat / scale), -WEIGHT_MAX, WEIGHT_MAX)
+    quantized = round_weights(flat, weight_scale, input_moment, WEIGHT_MAX)
     inputs = 1 if depthwise else weight.shape[1]
-    rounding = (quantized * scale - flat).reshape(channels, inputs, -1).sum(axis=2)  # (K, C) summed over taps
-    mean = input_mean.astype(np.float64)
-    shift = rounding[:, 0] * mean if depthwise else rounding @ mean  # (K,)
+    rounding = (quantized * scale - flat).reshape(channels, inputs, -1)  # (K, C, taps)
+    means = input_tap_means.astype(np.float64)  # (C, taps)
+    shift = (rounding[:, 0] * means).sum(axis=1) if depthwise else np.einsum("kct,ct->k", rounding, means)  # (K,)
     bias_scale = (np.float64(input_scale) * weight_scale).astype(np.float32)
     corrected = (bias.astype(np.float64) - shift) / bias_scale.astype(np.float64)
     return QuantizedLayer(quantized.astype(np.int8).reshape(weight.shape), weight_scale,
