@@ -26,17 +26,17 @@ def parse_args(argv):
                     "biases int32), with activation ranges calibrated by running the float model in the arena on "
                     "--calibration-images training images of the run's own data (its --dataset folder, else "
                     "CIFAR-10). The input is the preprocessed image, (pixel / "
-                    "255 - mean) / std at the checkpoint's resolution (for the TF-slim weights: pixel / 127.5 - 1, so "
-                    "an int8 input is pixel - 128); the output is the logits. The file is written atomically. Needs "
-                    "the optional packages: pip install 'tinytrain[tflite]'.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "255 - mean) / std at the checkpoint's resolution, NHWC; an int8 model takes it as round(x / "
+                    "scale) + zero_point, with the input scale and zero point the script prints. The output is the "
+                    "logits. The file is written atomically. Needs the optional packages: pip install "
+                    "'tinytrain[tflite]'.")
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.h5 of a fine-tuning run")
     parser.add_argument("--output", type=Path, required=True, help="the .tflite file to write")
     parser.add_argument("--int8", action="store_true", help="full-integer int8 instead of float32")
     parser.add_argument("--calibration-images", type=int, default=None,
                         help=f"--int8: training images (a seeded random subset) whose activation ranges set the "
                              f"quantization (default {DEFAULT_CALIBRATION_IMAGES})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration subset (default 0)")
     parser.add_argument("--data-dir", help="folder holding CIFAR-10, for --int8 of a CIFAR-10 run (default: "
                                            "$TINYTRAIN_DATA, then the user cache)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -24,12 +24,12 @@ def parse_args(argv):
                     "logit error relative to the largest tinytrain logit, the top-1 agreement with tinytrain and the "
                     "accuracy; and the bytes of TFLite Micro's arena for one inference beside tinytrain's measured "
                     "float32 inference peak, layer by layer and in the run's memory schedule. Needs the test extras: "
-                    "pip install 'tinytrain[test]'.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "pip install 'tinytrain[test]'.")
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.h5 the models were exported from")
     parser.add_argument("--model", type=Path, nargs="+", required=True, help="one or more .tflite files")
     parser.add_argument("--images", type=int, default=500,
-                        help="test images compared, from the first (all of them, if the split has fewer)")
+                        help="test images compared, from the first (default 500; all of them, if the split has "
+                             "fewer)")
     parser.add_argument("--data-dir", help="folder holding CIFAR-10, for a CIFAR-10 run (default: $TINYTRAIN_DATA, "
                                            "then the user cache)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
