@@ -2,11 +2,21 @@
 
 import numpy as np
 from numba import njit
+from numba.extending import register_jitable
 
 # The same primitives as the out-of-place kernels, so the sums run in the same order and agree bit for bit.
 # Numba's cache does not see edits to conv2d.py or rows3x3.py from here: after changing them, touch this file too.
 from tinytrain.kernels.conv2d import add_tap, add_tap_transposed
 from tinytrain.kernels.rows3x3 import add_plane_correlation, add_plane_correlation_transposed, is_rows3x3
+
+
+@register_jitable
+def copy_plane(scratch, planes, plane):
+    """scratch (H, W) = planes[plane], indexed rather than sliced: a slice is a view, and views cost reference counts
+    that, on the small planes of a network's end, take longer than the copy."""
+    for y in range(scratch.shape[0]):
+        for x in range(scratch.shape[1]):
+            scratch[y, x] = planes[plane, y, x]
 
 
 def _depthwise_forward_inplace(out, input, scratch, weight, bias, stride, pad_top, pad_left):
@@ -20,7 +30,7 @@ def _depthwise_forward_inplace(out, input, scratch, weight, bias, stride, pad_to
     by_rows = is_rows3x3(kernel_h, kernel_w, stride)
     planes = scratch[np.newaxis]  # (1, H, W): the plane functions address planes by index
     for c in range(n_channels):
-        scratch[:, :] = input[c]
+        copy_plane(scratch, input, c)
         if by_rows:
             add_plane_correlation(out, c, planes, 0, weight, c, stride, pad_top, pad_left, False, bias[c], False)
             continue
@@ -44,7 +54,7 @@ def _depthwise_backward_input_inplace(dinput, dout, scratch, weight, stride, pad
     by_rows = is_rows3x3(kernel_h, kernel_w, stride)
     planes = scratch[np.newaxis]  # (1, Ho, Wo)
     for c in range(n_channels - 1, -1, -1):
-        scratch[:, :] = dout[c]
+        copy_plane(scratch, dout, c)
         if by_rows:
             add_plane_correlation_transposed(dinput, c, planes, 0, weight, c, stride, pad_top, pad_left, False)
             continue

@@ -27,10 +27,14 @@ def is_rows3x3(kernel_h, kernel_w, stride):
 
 @register_jitable
 def interior_outputs(out_size, in_size, offset, stride):
-    """The outputs [low, high) whose three taps o*stride + offset + (0, 1, 2) all lie in [0, in_size):
+    """The outputs [low, high) whose three taps o*stride + offset + (0, 1, 2) all lie in [0, in_size), stride 1 or 2:
     low = ceil(-offset / stride), high = ceil((in_size - offset - 2) / stride), both clipped to [0, out_size]."""
-    low = min(out_size, max(0, (-offset + stride - 1) // stride))
-    high = min(out_size, (in_size - offset - 2 + stride - 1) // stride)
+    if stride == 1:  # a shift, not a division, for stride 2: this runs once per plane, thousands of times a step
+        low, high = -offset, in_size - offset - 2
+    else:
+        low, high = (-offset + 1) >> 1, (in_size - offset - 1) >> 1
+    low = min(out_size, max(0, low))
+    high = min(out_size, high)
     return low, max(low, high)
 
 
