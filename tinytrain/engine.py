@@ -299,7 +299,7 @@ class Engine:
                 out_kind = "saved" if add.output in schedule.retained_by else "activation"
                 residual_ids = self._ids(tensors[residual])  # before its bytes change hands
                 out = arena.reuse(tensors.pop(residual), add.output, graph.shapes[add.output], np.float32, out_kind)
-                self._call(layer.forward_into_residual, out, inputs[0], scratch)
+                layer.forward_into_residual(out, inputs[0], scratch, call=self._call)
                 arena.free(scratch)
                 self._record(start, f"fwd {layer.name} + {add.name}", "pointwise_add", layer.name,
                              reads + residual_ids, self._macs(layer), step.update)
@@ -314,16 +314,16 @@ class Engine:
                 scratch = arena.alloc(f"{layer.name}.scratch", inputs[0].shape[1:], np.float32, "scratch")
                 out = arena.reuse(tensors.pop(layer.inputs[0]), layer.output, graph.shapes[layer.output],
                                   np.float32, kind)
-                self._call(layer.forward_in_place, out, inputs[0], scratch)
+                layer.forward_in_place(out, inputs[0], scratch, call=self._call)
                 arena.free(scratch)
             else:
                 out = arena.alloc(layer.output, graph.shapes[layer.output], np.float32, kind)
-                self._call(layer.forward, out, *inputs)
+                layer.forward(out, *inputs, call=self._call)
             mask = None
             if layer.relu6:
                 if step.save_mask:
                     mask = arena.alloc(f"{layer.name}.relu6_mask", (math.ceil(out.size / 8),), np.uint8, "saved")
-                self._call(layer.apply_relu6, out, _NO_MASK if mask is None else mask, step.save_mask)
+                layer.apply_relu6(out, _NO_MASK if mask is None else mask, step.save_mask, call=self._call)
             self._record(start, f"fwd {layer.name}", layer.op_type, layer.name, reads, self._macs(layer), step.update)
             saved[index] = (saved_input, mask)
             tensors[layer.output] = out
@@ -423,7 +423,8 @@ class Engine:
             if not np.isfinite(image).all():
                 raise ValueError("input contains NaN or infinite values")
         else:
-            raise TypeError(f"input must be uint8 pixels (H, W, C) or a preprocessed float32 (C, H, W), got {image.dtype}")
+            raise TypeError(f"input must be uint8 pixels (H, W, C) or a preprocessed float32 (C, H, W), got "
+                            f"{image.dtype}")
 
     def _loss(self, logits: np.ndarray) -> np.ndarray:
         arena = self.arena
@@ -500,7 +501,7 @@ class Engine:
             op_type = f"{layer.op_type}_backward"
             if mask is not None:
                 self._written.extend(self._ids(dout))  # masked in place
-                self._call(layer.relu6_backward, dout, mask)
+                layer.relu6_backward(dout, mask, call=self._call)
                 arena.free(mask)
             if self._backward_in_place(layer, step, grads):
                 # the bias gradient reads dout, so it comes first; dx then overwrites dout
@@ -508,7 +509,7 @@ class Engine:
                     self._update(layer, step, dout, saved_input, update)
                 scratch = arena.alloc(f"{layer.name}.scratch", dout.shape[1:], np.float32, "scratch")
                 dx = arena.reuse(dout, f"d{layer.inputs[0]}", graph.shapes[layer.inputs[0]], np.float32, "grad")
-                self._call(layer.backward_input_in_place, dx, dout, scratch)
+                layer.backward_input_in_place(dx, dout, scratch, call=self._call)
                 arena.free(scratch)
                 grads.hand_over(layer.inputs[0], dx)
                 if step.saved_input == GATHER:
@@ -519,7 +520,7 @@ class Engine:
                 dx, accumulate = grads.for_write(layer.inputs[0], graph.shapes[layer.inputs[0]])
                 if accumulate:
                     self._written.extend(self._ids(dx))
-                self._call(layer.backward_input, dx, dout, accumulate)
+                layer.backward_input(dx, dout, accumulate, call=self._call)
             if step.update is not None:
                 self._update(layer, step, dout, saved_input, update)
             if step.saved_input == GATHER:
@@ -544,7 +545,7 @@ class Engine:
         if layer_update.bias:
             rows = self._channels(layer.out_channels)
             dbias = arena.alloc(f"{layer.name}.dbias", (layer.out_channels,), np.float32, "wgrad")
-            self._call(layer.backward_bias, dbias, dout, rows)
+            layer.backward_bias(dbias, dout, rows, call=self._call)
             self._apply(update, f"{layer.name}.bias", layer.bias.reshape(-1, 1, 1), dbias.reshape(-1, 1, 1), rows,
                         _FIRST_COLUMN)
             arena.free(dbias)
@@ -561,7 +562,7 @@ class Engine:
                                       np.float32, "wgrad")
                 # depthwise: row j of the saved input belongs to out_channels[j], so it is tiled alongside
                 tile_input = saved_input[start:start + rows_per_tile] if layer.selects_input_by_output else saved_input
-                self._call(layer.backward_weight, dweight, dout, tile_input, rows)
+                layer.backward_weight(dweight, dout, tile_input, rows, call=self._call)
                 self._apply(update, f"{layer.name}.weight", layer.weight_rows_cols,
                             dweight.reshape(len(rows), len(cols), -1), rows, cols)
                 arena.free(dweight)

@@ -1,4 +1,8 @@
-"""Graph layers: each owns its frozen parameters (flash) and calls the kernels on arena views it is handed."""
+"""Graph layers: each owns its frozen parameters (flash) and calls the kernels on arena views it is handed.
+
+Every method that computes takes `call`, which runs each kernel on its final arguments: by default at once; the
+engine's also records the call, so that a recorded step calls the kernel itself (recorded_step.py).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,10 @@ from tinytrain.kernels.relu6 import relu6_backward, relu6_forward
 from tinytrain.kernels.residual import add_forward
 
 Shape = tuple[int, ...]
+
+
+def call_now(kernel, *arguments) -> None:
+    kernel(*arguments)
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int) -> int:
@@ -85,16 +93,16 @@ class WeightedLayer(Layer):
     def dweight_shape(self, n_out: int, n_in: int) -> Shape:
         return (n_out, n_in) + self.weight.shape[2:]
 
-    def apply_relu6(self, out: np.ndarray, mask: np.ndarray, save_mask: bool) -> None:
+    def apply_relu6(self, out: np.ndarray, mask: np.ndarray, save_mask: bool, call=call_now) -> None:
         if self.relu6:
-            relu6_forward(out.reshape(-1), mask, save_mask)
+            call(relu6_forward, out.reshape(-1), mask, save_mask)
 
-    def relu6_backward(self, dout: np.ndarray, mask: np.ndarray) -> None:
+    def relu6_backward(self, dout: np.ndarray, mask: np.ndarray, call=call_now) -> None:
         if self.relu6:
-            relu6_backward(dout.reshape(-1), mask)
+            call(relu6_backward, dout.reshape(-1), mask)
 
-    def backward_bias(self, dbias: np.ndarray, dout: np.ndarray, out_channels: np.ndarray) -> None:
-        bias_backward(dbias, dout.reshape(dout.shape[0], -1), out_channels)
+    def backward_bias(self, dbias: np.ndarray, dout: np.ndarray, out_channels: np.ndarray, call=call_now) -> None:
+        call(bias_backward, dbias, dout.reshape(dout.shape[0], -1), out_channels)
 
 
 class SpatialConv(WeightedLayer):
@@ -117,10 +125,10 @@ class SpatialConv(WeightedLayer):
         _, out_h, out_w = self.output_shape(input_shapes)
         return int(self.weight.size) * out_h * out_w
 
-    def forward(self, out, x):
-        self.forward_padded(out, x, self.padding[0], self.padding[1])
+    def forward(self, out, x, call=call_now):
+        self.forward_padded(out, x, self.padding[0], self.padding[1], call)
 
-    def forward_padded(self, out, x, pad_top, pad_left):
+    def forward_padded(self, out, x, pad_top, pad_left, call=call_now):
         """The forward with the padding of another origin: a tile of the input has its own (see patches.py)."""
         raise NotImplementedError
 
@@ -130,14 +138,15 @@ class Conv2d(SpatialConv):
 
     op_type = "conv2d"
 
-    def forward_padded(self, out, x, pad_top, pad_left):
-        conv2d_forward(out, x, self.weight, self.bias, self.stride, pad_top, pad_left)
+    def forward_padded(self, out, x, pad_top, pad_left, call=call_now):
+        call(conv2d_forward, out, x, self.weight, self.bias, self.stride, pad_top, pad_left)
 
-    def backward_input(self, dx, dout, accumulate):
-        conv2d_backward_input(dx, dout, self.weight, self.stride, self.padding[0], self.padding[1], accumulate)
+    def backward_input(self, dx, dout, accumulate, call=call_now):
+        call(conv2d_backward_input, dx, dout, self.weight, self.stride, self.padding[0], self.padding[1], accumulate)
 
-    def backward_weight(self, dweight, dout, saved_input, out_channels):
-        conv2d_backward_weight(dweight, dout, saved_input, out_channels, self.stride, self.padding[0], self.padding[1])
+    def backward_weight(self, dweight, dout, saved_input, out_channels, call=call_now):
+        call(conv2d_backward_weight, dweight, dout, saved_input, out_channels, self.stride, self.padding[0],
+             self.padding[1])
 
 
 class Depthwise(SpatialConv):
@@ -158,25 +167,26 @@ class Depthwise(SpatialConv):
     def dweight_shape(self, n_out, n_in):
         return (n_out,) + self.weight.shape[1:]
 
-    def forward_padded(self, out, x, pad_top, pad_left):
-        depthwise_forward(out, x, self.weight, self.bias, self.stride, pad_top, pad_left)
+    def forward_padded(self, out, x, pad_top, pad_left, call=call_now):
+        call(depthwise_forward, out, x, self.weight, self.bias, self.stride, pad_top, pad_left)
 
-    def forward_in_place(self, out, x, scratch):
+    def forward_in_place(self, out, x, scratch, call=call_now):
         """`out` overwrites `x`'s own bytes; scratch (H, W) holds one input plane."""
-        depthwise_forward_inplace(out, x, scratch, self.weight, self.bias, self.stride, self.padding[0],
-                                  self.padding[1])
+        call(depthwise_forward_inplace, out, x, scratch, self.weight, self.bias, self.stride, self.padding[0],
+             self.padding[1])
 
-    def backward_input_in_place(self, dx, dout, scratch):
+    def backward_input_in_place(self, dx, dout, scratch, call=call_now):
         """`dx` is written over the bytes of `dout`, which are its first dout.size floats; scratch (Ho, Wo)."""
-        depthwise_backward_input_inplace(dx, dout, scratch, self.weight, self.stride, self.padding[0],
-                                         self.padding[1])
+        call(depthwise_backward_input_inplace, dx, dout, scratch, self.weight, self.stride, self.padding[0],
+             self.padding[1])
 
-    def backward_input(self, dx, dout, accumulate):
-        depthwise_backward_input(dx, dout, self.weight, self.stride, self.padding[0], self.padding[1], accumulate)
+    def backward_input(self, dx, dout, accumulate, call=call_now):
+        call(depthwise_backward_input, dx, dout, self.weight, self.stride, self.padding[0], self.padding[1],
+             accumulate)
 
-    def backward_weight(self, dweight, dout, saved_input, out_channels):
-        depthwise_backward_weight(dweight, dout, saved_input, out_channels, self.stride, self.padding[0],
-                                  self.padding[1])
+    def backward_weight(self, dweight, dout, saved_input, out_channels, call=call_now):
+        call(depthwise_backward_weight, dweight, dout, saved_input, out_channels, self.stride, self.padding[0],
+             self.padding[1])
 
 
 class Pointwise(WeightedLayer):
@@ -192,18 +202,18 @@ class Pointwise(WeightedLayer):
         _, height, width = input_shapes[0]
         return int(self.weight.size) * height * width
 
-    def forward(self, out, x):
-        pointwise_forward(flat_channels(out), flat_channels(x), self.weight, self.bias)
+    def forward(self, out, x, call=call_now):
+        call(pointwise_forward, flat_channels(out), flat_channels(x), self.weight, self.bias)
 
-    def forward_into_residual(self, residual, x, scratch):
+    def forward_into_residual(self, residual, x, scratch, call=call_now):
         """residual += this layer's output, computed `scratch.shape[0]` rows at a time."""
-        pointwise_residual_forward(flat_channels(residual), flat_channels(x), self.weight, self.bias, scratch)
+        call(pointwise_residual_forward, flat_channels(residual), flat_channels(x), self.weight, self.bias, scratch)
 
-    def backward_input(self, dx, dout, accumulate):
-        pointwise_backward_input(flat_channels(dx), flat_channels(dout), self.weight, accumulate)
+    def backward_input(self, dx, dout, accumulate, call=call_now):
+        call(pointwise_backward_input, flat_channels(dx), flat_channels(dout), self.weight, accumulate)
 
-    def backward_weight(self, dweight, dout, saved_input, out_channels):
-        pointwise_backward_weight(dweight, flat_channels(dout), flat_channels(saved_input), out_channels)
+    def backward_weight(self, dweight, dout, saved_input, out_channels, call=call_now):
+        call(pointwise_backward_weight, dweight, flat_channels(dout), flat_channels(saved_input), out_channels)
 
 
 class Linear(WeightedLayer):
@@ -219,14 +229,14 @@ class Linear(WeightedLayer):
     def macs(self, input_shapes):
         return int(self.weight.size)
 
-    def forward(self, out, x):
-        linear_forward(out, x, self.weight, self.bias)
+    def forward(self, out, x, call=call_now):
+        call(linear_forward, out, x, self.weight, self.bias)
 
-    def backward_input(self, dx, dout, accumulate):
-        linear_backward_input(dx, dout, self.weight, accumulate)
+    def backward_input(self, dx, dout, accumulate, call=call_now):
+        call(linear_backward_input, dx, dout, self.weight, accumulate)
 
-    def backward_weight(self, dweight, dout, saved_input, out_channels):
-        linear_backward_weight(dweight, dout, saved_input, out_channels)
+    def backward_weight(self, dweight, dout, saved_input, out_channels, call=call_now):
+        call(linear_backward_weight, dweight, dout, saved_input, out_channels)
 
 
 class Add(Layer):
@@ -239,8 +249,8 @@ class Add(Layer):
             raise ValueError(f"{self.name}: residual add of different shapes {input_shapes[0]} and {input_shapes[1]}")
         return input_shapes[0]
 
-    def forward(self, out, a, b):
-        add_forward(out.reshape(-1), a.reshape(-1), b.reshape(-1))
+    def forward(self, out, a, b, call=call_now):
+        call(add_forward, out.reshape(-1), a.reshape(-1), b.reshape(-1))
 
 
 class GlobalAvgPool(Layer):
@@ -251,11 +261,11 @@ class GlobalAvgPool(Layer):
     def output_shape(self, input_shapes):
         return (input_shapes[0][0],)
 
-    def forward(self, out, x):
-        global_avg_pool_forward(out, flat_channels(x))
+    def forward(self, out, x, call=call_now):
+        call(global_avg_pool_forward, out, flat_channels(x))
 
-    def backward_input(self, dx, dout, accumulate):
-        global_avg_pool_backward(flat_channels(dx), dout, accumulate)
+    def backward_input(self, dx, dout, accumulate, call=call_now):
+        call(global_avg_pool_backward, flat_channels(dx), dout, accumulate)
 
 
 def flat_channels(x: np.ndarray) -> np.ndarray:

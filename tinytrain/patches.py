@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinytrain.graph import Graph
-from tinytrain.layers import Add, Pointwise, SpatialConv
+from tinytrain.layers import Add, Pointwise, SpatialConv, call_now
 from tinytrain.oplog import OpLog
 
 _NO_MASK = np.zeros(0, dtype=np.uint8)  # frozen layers keep no ReLU6 mask
@@ -182,12 +182,8 @@ def _plan_tile(graph: Graph, layers, source: str, output_region: Region) -> Tile
     return Tile(output_region, need[source], tuple(tile_layers), macs)
 
 
-def _call_now(kernel, *arguments) -> None:
-    kernel(*arguments)
-
-
 def run_patch_stage(stage: PatchStage, graph: Graph, arena, source: np.ndarray, load_source, output: np.ndarray,
-                    op_log: OpLog | None = None, call=_call_now) -> None:
+                    op_log: OpLog | None = None, call=call_now) -> None:
     """Fill `output` (the stage's last tensor, whole) tile by tile; every tile buffer lives in `arena`.
 
     `load_source(tile_source, region)` writes the `region` of `source` (the stage's source tensor, or the camera
@@ -211,16 +207,16 @@ def run_patch_stage(stage: PatchStage, graph: Graph, arena, source: np.ndarray, 
             out = arena.alloc(f"{layer.output}.tile", (graph.shapes[layer.output][0], step.region.height,
                                                        step.region.width), np.float32, "activation")
             if isinstance(layer, SpatialConv):
-                call(layer.forward_padded, out, inputs[0], step.pad_top, step.pad_left)
+                layer.forward_padded(out, inputs[0], step.pad_top, step.pad_left, call=call)
             elif isinstance(layer, Pointwise):
-                call(layer.forward, out, inputs[0])
+                layer.forward(out, inputs[0], call=call)
             else:
                 (row_a, column_a), (row_b, column_b) = step.input_offsets
                 height, width = step.region.height, step.region.width
                 call(np.add, inputs[0][:, row_a:row_a + height, column_a:column_a + width],
                      inputs[1][:, row_b:row_b + height, column_b:column_b + width], out)
             if layer.relu6:
-                call(layer.apply_relu6, out, _NO_MASK, False)
+                layer.apply_relu6(out, _NO_MASK, False, call=call)
             if op_log:
                 macs = int(layer.weight.size) * out.shape[1] * out.shape[2] if layer.has_weight else 0
                 op_log.record(start, f"fwd {layer.name}{suffix}", layer.op_type, layer.name, op_log.ids(*inputs),

@@ -12,39 +12,41 @@ from typing import Callable
 import numpy as np
 
 from tinytrain.engine import SGD, Engine
-from tinytrain.layers import Layer
 from tinytrain.sparse import Policy
 
-# Layer methods by what they compute; every method the engine records is one of these.
-_LAYER_OPS = {
-    "forward": ("forward", ""), "forward_padded": ("forward", ""), "forward_in_place": ("forward", "in place"),
-    "forward_into_residual": ("forward", "into residual"), "apply_relu6": ("forward", "ReLU6"),
-    "relu6_backward": ("backward", "ReLU6"), "backward_input": ("backward", "dinput"),
-    "backward_input_in_place": ("backward", "dinput in place"), "backward_weight": ("backward", "dweight"),
-    "backward_bias": ("backward", "dbias"),
-}
-# Everything else a recorded step calls, by function name (a jitted kernel by that of its Python function).
-_OTHER_OPS = {
+# What a recorded step calls, by function name: a jitted kernel by that of its Python function, the engine's
+# per-step calls (which read the image, label and learning rate of the step) by their method names. Forward kernels
+# are named by the layer type that runs them, so that the type's MACs give their GFLOP/s.
+_OPS = {
+    "_conv2d_forward": ("forward", "Conv2d"), "_depthwise_forward": ("forward", "Depthwise"),
+    "_depthwise_forward_inplace": ("forward", "Depthwise in place"), "_pointwise_forward": ("forward", "Pointwise"),
+    "_pointwise_residual_forward": ("forward", "Pointwise into residual"), "_linear_forward": ("forward", "Linear"),
+    "_global_avg_pool_forward": ("forward", "GlobalAvgPool"), "_relu6_forward": ("forward", "ReLU6"),
+    "_gather_channels": ("forward", "gather of saved input channels"), "add": ("forward", "residual add (tiles)"),
     "_load_image": ("forward", "input normalisation"), "_load_frame_window": ("forward", "input normalisation"),
     "_copy_image": ("forward", "input frame copy"), "_load_window": ("forward", "tile loads"),
-    "_gather_channels": ("forward", "gather of saved input channels"), "add": ("forward", "residual add (tiles)"),
-    "copyto": ("step", "array copies"), "_copy_out": ("step", "host copies"),
     "_loss_forward": ("loss", "softmax cross-entropy"), "_loss_backward": ("loss", "softmax cross-entropy"),
-    "_add_forward": ("backward", "residual gradient sum"), "_sgd_step": ("backward", "SGD update"),
+    "_relu6_backward": ("backward", "ReLU6"), "_conv2d_backward_input": ("backward", "Conv2d dinput"),
+    "_conv2d_backward_weight": ("backward", "Conv2d dweight"),
+    "_depthwise_backward_input": ("backward", "Depthwise dinput"),
+    "_depthwise_backward_input_inplace": ("backward", "Depthwise dinput in place"),
+    "_depthwise_backward_weight": ("backward", "Depthwise dweight"),
+    "_pointwise_backward_input": ("backward", "Pointwise dinput"),
+    "_pointwise_backward_weight": ("backward", "Pointwise dweight"),
+    "_linear_backward_input": ("backward", "Linear dinput"), "_linear_backward_weight": ("backward", "Linear dweight"),
+    "_global_avg_pool_backward": ("backward", "GlobalAvgPool dinput"), "_bias_backward": ("backward", "dbias"),
+    "_sgd_step": ("backward", "SGD update"),
+    "_add_forward": ("step", "residual add, gradient sums"), "copyto": ("step", "array copies"),
+    "_copy_out": ("step", "host copies"),
 }
 OUTSIDE_KERNELS = ("step", "outside kernels: draw, channel refill, call loop")
 
 
 def op_of(kernel: Callable) -> tuple[str, str]:
-    """(phase, op) of one recorded call: layer methods by layer type, the rest by function name."""
+    """(phase, op) of one recorded call."""
     if isinstance(kernel, partial):
         kernel = kernel.func
-    owner = getattr(kernel, "__self__", None)
-    name = kernel.__name__
-    if isinstance(owner, Layer):
-        phase, what = _LAYER_OPS[name]
-        return phase, "ReLU6" if what == "ReLU6" else f"{type(owner).__name__} {what}".strip()
-    return _OTHER_OPS.get(name, ("step", name))
+    return _OPS.get(kernel.__name__, ("step", kernel.__name__))
 
 
 class CallTimer:
