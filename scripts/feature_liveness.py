@@ -6,17 +6,12 @@ import argparse
 import sys
 
 import numpy as np
-from tqdm import tqdm
 
-from tinytrain.arena import Arena
-from tinytrain.data import Augmenter
-from tinytrain.engine import Engine
-from tinytrain.memory import MEASURING_ARENA_BYTES
+from tinytrain.data import EXACT_SUBSET_FILE, load_exact_subset
+from tinytrain.feature_liveness import live_feature_counts
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.paths import data_dir as resolve_data_dir
 from tinytrain.weights import load_pretrained
-
-EXACT_SUBSET_FILE = "cifar10/cifar10_exact_subset.npz"
 
 
 def parse_args(argv):
@@ -34,19 +29,17 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     folder = resolve_data_dir(args.data_dir)
-    arrays = np.load(folder / EXACT_SUBSET_FILE)
-    rows = arrays["test_subset_data"][:args.images]
-    images = rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()  # (N, 32, 32, 3)
-    labels = arrays["test_labels"][arrays["test_subset_index"][:args.images]]
+    subset = load_exact_subset(folder)
+    if subset is None:
+        print(f"error: {folder / EXACT_SUBSET_FILE} is missing; put it there or pass --data-dir", file=sys.stderr)
+        return 1
+    images = subset.images[:args.images]
     weights = load_pretrained(data_dir=folder)
     print("| resolution | images with any live feature | mean live features (of 1,280) | largest head bias |")
     print("|---|---:|---:|---:|")
     for resolution in args.resolution:
         graph = build_mobilenetv2(resolution=resolution, weights=weights)
-        engine = Engine(graph, Arena(MEASURING_ARENA_BYTES, tracing=False))
-        batches = Augmenter(images, labels, resolution, augment=False, shuffle=False)
-        live = np.array([np.count_nonzero(engine.infer(image, read=("pool",))["pool"])
-                         for image, _ in tqdm(batches.epoch(0), total=len(batches), desc=f"{resolution}px")])
+        live = live_feature_counts(graph, images)
         print(f"| {resolution} | {np.mean(live > 0):.1%} | {live.mean():.1f} | "
               f"{graph.layer('features.18').bias.max():.2f} |")
     return 0

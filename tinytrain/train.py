@@ -16,7 +16,8 @@ from tinytrain import paths
 from tinytrain.arena import DEFAULT_CAPACITY, Arena
 from tinytrain.budget import fit_schedule
 from tinytrain.checkpoint import EpochSums, TrainingState, load_checkpoint, read_progress, save_checkpoint
-from tinytrain.data import DEFAULT_TEST_FRACTION, LABEL_NAMES, Augmenter, Dataset, load_cifar10, scan_folder_dataset
+from tinytrain.data import (DEFAULT_TEST_FRACTION, LABEL_NAMES, Augmenter, Dataset, load_cifar10, load_exact_subset,
+                            scan_folder_dataset)
 from tinytrain.divergence import DivergenceMonitor, TrainingDiverged, non_finite_parameters
 from tinytrain.engine import SGD, Engine, MicroBatch, NonFiniteLoss
 from tinytrain.graph import Graph
@@ -28,8 +29,6 @@ from tinytrain.pruned_model import load_pruned
 from tinytrain.results import ExactSubsetAccuracy, RunResults
 from tinytrain.sparse import POLICIES, Coverage, Policy, conv_weight_fraction, make_policy
 from tinytrain.weights import load_pretrained
-
-EXACT_SUBSET_FILE = "cifar10/cifar10_exact_subset.npz"
 
 
 @dataclass(frozen=True)
@@ -386,16 +385,13 @@ class Trainer:
     def _exact_subset_accuracy(self, count: int) -> ExactSubsetAccuracy | None:
         """Accuracy on the pixel-exact test images among the first `count`, and on their copies in the data source;
         CIFAR-10 only."""
-        path = self.data_root / EXACT_SUBSET_FILE
-        if self.folder is not None or not path.is_file():
+        subset = None if self.folder is not None else load_exact_subset(self.data_root)
+        if subset is None:
             return None
-        arrays = np.load(path)
-        keep = arrays["test_subset_index"] < count
-        index = arrays["test_subset_index"][keep]  # test indices 0..1016
-        exact = arrays["test_subset_data"][keep].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
-        labels = arrays["test_labels"][index]
+        subset = subset.below(count)
         return ExactSubsetAccuracy(
-            images=len(index),
-            accuracy=self.evaluate(exact, labels, "exact subset"),
-            source_accuracy=self.evaluate(self.test.images[index], self.test.labels[index], "its source copies"),
+            images=len(subset.index),
+            accuracy=self.evaluate(subset.images, subset.labels, "exact subset"),
+            source_accuracy=self.evaluate(self.test.images[subset.index], self.test.labels[subset.index],
+                                          "its source copies"),
         )

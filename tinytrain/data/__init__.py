@@ -4,6 +4,7 @@ from .augment import Augmenter, bilinear_coefficients, random_crop_flip, resize_
 from .cifar10 import LABEL_NAMES, SPLITS, load_cifar10, not_found_message, read_python_batches
 from .dataset import Dataset
 from .download import download_file, md5_file, verify_md5
+from .exact_subset import EXACT_SUBSET_FILE, ExactSubset, load_exact_subset
 from .errors import (
     ChecksumMismatchError,
     DataError,
@@ -24,6 +25,8 @@ __all__ = [
     "DataNotFoundError",
     "Dataset",
     "DownloadError",
+    "EXACT_SUBSET_FILE",
+    "ExactSubset",
     "FolderDataset",
     "LABEL_NAMES",
     "SPLITS",
@@ -32,6 +35,7 @@ __all__ = [
     "download_file",
     "fit_image",
     "load_cifar10",
+    "load_exact_subset",
     "load_image_folder",
     "md5_file",
     "not_found_message",
