@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tinytrain.cli import add_debug_flag, run_script
 from tinytrain.cpu import thread_contention_warning
+from tinytrain.curves import INSTALL_HINT, plotting_available, write_curves
 from tinytrain.data import DEFAULT_TEST_FRACTION
 from tinytrain.sparse import POLICIES
 from tinytrain.train import RunAlreadyFinished, TrainConfig, Trainer, block_or_none, validate_config
@@ -132,7 +133,16 @@ def train(config: TrainConfig, args) -> int:
           f"{results.arena_bytes:,} B; feature memory {results.feature_bytes:,} B, {results.feature_reduction:.2%} "
           f"below dense; {results.conv_weight_fraction_per_step:.2%} of conv weights per step; coverage "
           f"{results.coverage:.1%}; {results.seconds_per_step * 1000:.1f} ms per step")
+    if results.per_class_accuracy and len(results.class_names) <= 20:
+        print("per class: " + ", ".join(f"{name} {'-' if accuracy is None else f'{accuracy:.1%}'}"
+                                        for name, accuracy in zip(results.class_names, results.per_class_accuracy)))
     print(f"results: {Path(args.output_dir) / 'results.json'}")
+    curves = Path(args.output_dir) / "curves.png"
+    if plotting_available():
+        write_curves(results.history, curves, f"{config.policy}, {config.resolution} px, seed {config.seed}")
+        print(f"curves: {curves}")
+    else:
+        print(f"curves: not drawn, matplotlib is missing ({INSTALL_HINT})")
     return 0
 
 

@@ -31,6 +31,11 @@ def test_short_fine_tune_learns_well_above_chance(data_dir, cache_dir, tmp_path)
     first, second = results.history
     assert second["train_loss"] < first["train_loss"]
     assert results.test_accuracy > 0.25
+    assert second["test_accuracy"] == results.test_accuracy and 0 < first["test_accuracy"] <= 1
+    confusion = np.array(results.confusion_matrix)
+    assert confusion.shape == (10, 10) and confusion.sum() == 1000
+    assert np.trace(confusion) / 1000 == pytest.approx(results.test_accuracy)
+    assert results.per_class_accuracy == pytest.approx(list(np.diag(confusion) / confusion.sum(axis=1)))
     assert results.conv_weight_fraction_per_step <= 0.02
     assert results.feature_reduction >= 0.98
     assert (tmp_path / "results.json").is_file()

@@ -24,9 +24,11 @@ class RunResults:
     data: str  # the dataset trained and tested on, and where its pixels came from
     class_names: list[str]  # label c's name is class_names[c]
     steps: int
-    history: list[dict]  # per finished epoch: epoch, train_loss, train_accuracy
+    history: list[dict]  # per finished epoch: epoch, train_loss, train_accuracy, test_accuracy
     test_images: int
     test_accuracy: float
+    per_class_accuracy: list[float | None]  # in class_names order; None for a class without test images
+    confusion_matrix: list[list[int]]  # [true class][predicted class] counts over the test images
     exact_subset: ExactSubsetAccuracy | None  # CIFAR-10 only, and None when the pixel-exact file is absent
     # Memory, in bytes, measured by the arena over the run's steps and its dry run
     arena_bytes: int

@@ -20,6 +20,7 @@ from tinytrain.data import (DEFAULT_TEST_FRACTION, LABEL_NAMES, Augmenter, Datas
                             scan_folder_dataset)
 from tinytrain.divergence import DivergenceMonitor, TrainingDiverged, non_finite_parameters
 from tinytrain.engine import SGD, Engine, MicroBatch, NonFiniteLoss
+from tinytrain.evaluation import confusion_matrix, per_class_accuracy
 from tinytrain.graph import Graph
 from tinytrain.interrupt import StopRequest, TrainingInterrupted
 from tinytrain.memory import MEASURING_ARENA_BYTES, StepMemory, measure_training_step
@@ -223,6 +224,7 @@ class Trainer:
         self.engine = Engine(self.graph, self.arena, memory_schedule=self.memory_schedule)
         self.coverage = Coverage(self.graph)
         self.last_good_checkpoint: int | None = None  # step of the newest checkpoint verified finite
+        self._test_predictions: tuple[int, np.ndarray] | None = None  # (step, predictions) of the last evaluation
 
     def _scan_dataset(self) -> None:
         """List and check the --dataset folder, and the flags that depend on its size, before anything is decoded."""
@@ -329,8 +331,10 @@ class Trainer:
                     if state.step % self.config.checkpoint_every == 0:
                         self._checkpoint(state)
                 sums = state.epoch_sums
+                self._test_predictions = (state.step, self._predict_test())
                 state.history.append({"epoch": epoch + 1, "train_loss": sums.loss / sums.steps,
-                                      "train_accuracy": sums.hits / sums.steps})
+                                      "train_accuracy": sums.hits / sums.steps,
+                                      "test_accuracy": self._accuracy(self._test_predictions[1])})
                 state.epoch_sums = EpochSums()
                 self._checkpoint(state)
 
@@ -346,15 +350,33 @@ class Trainer:
         self.last_good_checkpoint = state.step
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray, desc: str) -> float:
+        return float(np.mean(self.predict(images, labels, desc) == labels))
+
+    def predict(self, images: np.ndarray, labels: np.ndarray, desc: str) -> np.ndarray:
+        """(N,) the predicted class of each image, resized as the test images are."""
         batches = Augmenter(images, labels, self.config.resolution, augment=False, shuffle=False)
-        hits = 0
-        for image, label in tqdm(batches.epoch(0), total=len(batches), desc=desc, unit="img",
-                                 disable=not self.progress):
-            hits += int(np.argmax(self.engine.infer(image)[self.graph.output_name])) == label
-        return hits / len(batches)
+        return np.array([int(np.argmax(self.engine.infer(image)[self.graph.output_name]))
+                         for image, _ in tqdm(batches.epoch(0), total=len(batches), desc=desc, unit="img",
+                                              disable=not self.progress)], dtype=np.int64)
+
+    @property
+    def _test_count(self) -> int:
+        return self.config.test_subset or len(self.test.labels)
+
+    def _predict_test(self) -> np.ndarray:
+        count = self._test_count
+        return self.predict(self.test.images[:count], self.test.labels[:count], "test")
+
+    def _accuracy(self, predictions: np.ndarray) -> float:
+        return float(np.mean(predictions == self.test.labels[:len(predictions)]))
 
     def _results(self, state: TrainingState) -> RunResults:
-        count = self.config.test_subset or len(self.test.labels)
+        count = self._test_count
+        # the last epoch's evaluation, unless that epoch ended in an earlier session of a resumed run
+        step, predictions = self._test_predictions or (None, None)
+        if step != state.step:
+            predictions = self._predict_test()
+        confusion = confusion_matrix(self.test.labels[:count], predictions, len(self.class_names))
         # The dry run counts beside this process's steps: a resumed run may have had no step left to run here.
         measured = (StepMemory.from_arena(self.arena), self.dry_run)
         by_kind = {kind: max(memory.peak_bytes_by_kind.get(kind, 0) for memory in measured)
@@ -366,7 +388,9 @@ class Trainer:
             steps=state.step,
             history=state.history,
             test_images=count,
-            test_accuracy=self.evaluate(self.test.images[:count], self.test.labels[:count], "test"),
+            test_accuracy=self._accuracy(predictions),
+            per_class_accuracy=[None if np.isnan(value) else float(value) for value in per_class_accuracy(confusion)],
+            confusion_matrix=confusion.tolist(),
             exact_subset=self._exact_subset_accuracy(count),
             arena_bytes=self.arena.capacity,
             whole_step_peak_bytes=max(memory.whole_step_peak_bytes for memory in measured),
