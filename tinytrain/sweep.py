@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tqdm import tqdm
 
 from tinytrain import paths
 from tinytrain.checkpoint import CheckpointError, read_progress
+from tinytrain.interrupt import StopRequest, TrainingInterrupted
 from tinytrain.sweep_grid import GridError, Trial
 from tinytrain.sweep_summary import TrialOutcome, read_complete_results
 from tinytrain.train import (ConfigError, RunAlreadyFinished, Trainer, config_differences, prepare_output_dir,
@@ -26,6 +28,9 @@ INSTALL_HINT = "pip install -e \".[sweep]\""
 TRIAL_RUNTIME_ENV = {"env_vars": {"NUMBA_NUM_THREADS": "1"}}
 LOCAL_OBJECT_STORE_BYTES = 100 << 20  # trials exchange only their configurations and results
 DEFAULT_RETRIES = 3
+PROGRESS_SECONDS = 10.0  # between readings of the running trials' checkpoints for the bar
+STOP_CHECK_SECONDS = 0.5  # between looks at whether SIGINT or SIGTERM asked the sweep to stop
+PROGRESS_TRIALS_SHOWN = 3
 
 
 class SweepError(ConfigError):
@@ -102,6 +107,9 @@ def run_sweep(trials: list[Trial], output_dir: str | Path, data_dir: str | Path 
         raise GridError("the sweep has no trials; give it a grid")
     if num_cpus is not None and num_cpus < 1:
         raise SweepError(f"--cpus {num_cpus}: must be at least 1")
+    if num_cpus is not None and address is not None:
+        raise SweepError(f"--cpus {num_cpus} sizes a Ray started here; a cluster's nodes say their own CPUs (ray start "
+                         "--num-cpus): leave --cpus out with --address")
     if retries < 0:
         raise SweepError(f"--retries {retries}: must be 0 or more")
     for trial in trials:
@@ -120,27 +128,60 @@ def run_sweep(trials: list[Trial], output_dir: str | Path, data_dir: str | Path 
     pending = [trial for trial in trials if trial.name not in outcomes]
     started_ray = _connect(ray, address, num_cpus) if pending else False
     try:
-        remote_trial = ray.remote(run_trial).options(num_cpus=1, max_retries=retries, retry_exceptions=False,
+        # A trial stopped by a signal (a node drained) wrote a checkpoint first; its retry resumes from it.
+        remote_trial = ray.remote(run_trial).options(num_cpus=1, max_retries=retries,
+                                                    retry_exceptions=[TrainingInterrupted],
                                                     runtime_env=TRIAL_RUNTIME_ENV)
         running = {remote_trial.remote(trial, str(output_dir / trial.name), str(data_root)): trial
                    for trial in pending}
-        bar = tqdm(total=len(trials), initial=len(outcomes), unit="trial", desc="sweep", disable=not progress)
-        with bar:
-            while running:
-                done, _ = ray.wait(list(running), num_returns=1)
-                trial = running.pop(done[0])
-                try:
-                    status, results = ray.get(done[0])
-                    outcomes[trial.name] = TrialOutcome(trial, status, results)
-                    bar.set_postfix_str(f"{trial.name}: {results['test_accuracy']:.2%}")
-                except ray.exceptions.RayError as error:
-                    outcomes[trial.name] = TrialOutcome(trial, "failed", None, _error_text(error))
-                    bar.set_postfix_str(f"{trial.name}: failed")
-                bar.update()
+        _collect(ray, running, outcomes, len(trials), output_dir, progress)
     finally:
         if started_ray:
             ray.shutdown()
     return [outcomes[trial.name] for trial in trials]
+
+
+def _collect(ray, running: dict, outcomes: dict[str, TrialOutcome], total: int, output_dir: Path,
+             progress: bool) -> None:
+    """Wait for the `running` trials (Ray object ref: trial) and put their outcomes in `outcomes`, with a bar over all
+    `total` trials; SIGINT or SIGTERM stops the wait (TrainingInterrupted), leaving the trials their checkpoints."""
+    progress_read = time.monotonic()
+    with StopRequest() as stop, tqdm(total=total, initial=len(outcomes), unit="trial", desc="sweep",
+                                     disable=not progress) as bar:
+        while running:
+            if stop.signal_number is not None:
+                raise TrainingInterrupted(f"{len(outcomes)} of {total} trials finished; rerun the same command: "
+                                          "finished trials are skipped, the others resume from their last checkpoints",
+                                          stop.signal_number)
+            done, _ = ray.wait(list(running), num_returns=1, timeout=STOP_CHECK_SECONDS)
+            if not done:
+                if time.monotonic() - progress_read > PROGRESS_SECONDS:
+                    bar.set_postfix_str(_checkpointed_steps(list(running.values()), output_dir))
+                    progress_read = time.monotonic()
+                continue
+            trial = running.pop(done[0])
+            try:
+                status, results = ray.get(done[0])
+                outcomes[trial.name] = TrialOutcome(trial, status, results)
+                bar.set_postfix_str(f"{trial.name}: {results['test_accuracy']:.2%}")
+            except ray.exceptions.RayError as error:
+                outcomes[trial.name] = TrialOutcome(trial, "failed", None, _error_text(error))
+                bar.set_postfix_str(f"{trial.name}: failed")
+            bar.update()
+
+
+def _checkpointed_steps(unfinished: list[Trial], output_dir: Path) -> str:
+    """'name step N' for the unfinished trials that wrote a checkpoint: what the bar can know of them without a
+    channel from inside the trainer."""
+    steps = []
+    for trial in unfinished:
+        try:
+            step, _, _ = read_progress(output_dir / trial.name / "checkpoint.h5")
+        except CheckpointError:  # none yet
+            continue
+        steps.append(f"{trial.name} step {step:,}")
+    shown = ", ".join(steps[:PROGRESS_TRIALS_SHOWN])
+    return shown + (f" and {len(steps) - PROGRESS_TRIALS_SHOWN} more" if len(steps) > PROGRESS_TRIALS_SHOWN else "")
 
 
 def failure_report(outcomes: list[TrialOutcome]) -> str | None:
