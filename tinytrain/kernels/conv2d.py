@@ -101,8 +101,12 @@ def _conv2d_forward(out, input, weight, bias, stride, pad_top, pad_left):
     n_in, kernel_h, kernel_w = weight.shape[1:]
     by_rows = is_rows3x3(kernel_h, kernel_w, stride)
     for k in prange(n_out):
-        if by_rows:
+        if by_rows and stride == 2 and pad_top == 0 and pad_left == 0:  # the stem, TF "SAME": see depthwise.py
             for c in range(n_in):  # the first input channel starts from the bias, the others add to it
+                add_plane_correlation(out, k, input, c, weight[k], c, 2, 0, 0, False, bias[k], c > 0)
+            continue
+        if by_rows:
+            for c in range(n_in):
                 add_plane_correlation(out, k, input, c, weight[k], c, stride, pad_top, pad_left, False, bias[k], c > 0)
             continue
         out[k] = bias[k]

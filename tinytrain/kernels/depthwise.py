@@ -5,6 +5,9 @@ from numba import njit, prange
 # 3 x 3 at stride 1 or 2 (every depthwise conv of MobileNetV2) runs a whole row at a time (rows3x3.py); other sizes
 # run the tap-by-tap primitives of conv2d. Numba's cache does not see edits to those files from here: after changing
 # them, touch this file too.
+# MobileNetV2's two geometries, stride 1 with padding 1 and stride 2 with TF "SAME" padding (none at the top and
+# left), get calls of their own with the geometry as constants: LLVM then compiles the plane code specialised to each,
+# border tests and index arithmetic folded (about 1.3x faster over the network, most on its small planes).
 from tinytrain.kernels.conv2d import add_tap, add_tap_transposed, tap_weight_gradient
 from tinytrain.kernels.rows3x3 import (add_plane_correlation, add_plane_correlation_transposed, is_rows3x3,
                                        plane_weight_gradient)
@@ -18,6 +21,12 @@ def _depthwise_forward(out, input, weight, bias, stride, pad_top, pad_left):
     n_channels, kernel_h, kernel_w = weight.shape
     by_rows = is_rows3x3(kernel_h, kernel_w, stride)
     for c in prange(n_channels):
+        if by_rows and stride == 1 and pad_top == 1 and pad_left == 1:
+            add_plane_correlation(out, c, input, c, weight, c, 1, 1, 1, False, bias[c], False)
+            continue
+        if by_rows and stride == 2 and pad_top == 0 and pad_left == 0:
+            add_plane_correlation(out, c, input, c, weight, c, 2, 0, 0, False, bias[c], False)
+            continue
         if by_rows:
             add_plane_correlation(out, c, input, c, weight, c, stride, pad_top, pad_left, False, bias[c], False)
             continue
@@ -38,6 +47,12 @@ def _depthwise_backward_input(dinput, dout, weight, stride, pad_top, pad_left, a
     n_channels, kernel_h, kernel_w = weight.shape
     by_rows = is_rows3x3(kernel_h, kernel_w, stride)
     for c in prange(n_channels):
+        if by_rows and stride == 1 and pad_top == 1 and pad_left == 1:
+            add_plane_correlation_transposed(dinput, c, dout, c, weight, c, 1, 1, 1, accumulate)
+            continue
+        if by_rows and stride == 2 and pad_top == 0 and pad_left == 0:
+            add_plane_correlation_transposed(dinput, c, dout, c, weight, c, 2, 0, 0, accumulate)
+            continue
         if by_rows:
             add_plane_correlation_transposed(dinput, c, dout, c, weight, c, stride, pad_top, pad_left, accumulate)
             continue
@@ -60,6 +75,12 @@ def _depthwise_backward_weight(dweight, dout, input_selected, channels, stride, 
     by_rows = is_rows3x3(kernel_h, kernel_w, stride)
     for j in prange(n_selected):
         c = channels[j]
+        if by_rows and stride == 1 and pad_top == 1 and pad_left == 1:
+            plane_weight_gradient(dweight, j, dout, c, input_selected, j, 1, 1, 1)
+            continue
+        if by_rows and stride == 2 and pad_top == 0 and pad_left == 0:
+            plane_weight_gradient(dweight, j, dout, c, input_selected, j, 2, 0, 0)
+            continue
         if by_rows:
             plane_weight_gradient(dweight, j, dout, c, input_selected, j, stride, pad_top, pad_left)
             continue

@@ -31,6 +31,12 @@ def _depthwise_forward_inplace(out, input, scratch, weight, bias, stride, pad_to
     planes = scratch[np.newaxis]  # (1, H, W): the plane functions address planes by index
     for c in range(n_channels):
         copy_plane(scratch, input, c)
+        if by_rows and stride == 1 and pad_top == 1 and pad_left == 1:  # constants: see depthwise.py
+            add_plane_correlation(out, c, planes, 0, weight, c, 1, 1, 1, False, bias[c], False)
+            continue
+        if by_rows and stride == 2 and pad_top == 0 and pad_left == 0:
+            add_plane_correlation(out, c, planes, 0, weight, c, 2, 0, 0, False, bias[c], False)
+            continue
         if by_rows:
             add_plane_correlation(out, c, planes, 0, weight, c, stride, pad_top, pad_left, False, bias[c], False)
             continue
@@ -55,6 +61,12 @@ def _depthwise_backward_input_inplace(dinput, dout, scratch, weight, stride, pad
     planes = scratch[np.newaxis]  # (1, Ho, Wo)
     for c in range(n_channels - 1, -1, -1):
         copy_plane(scratch, dout, c)
+        if by_rows and stride == 1 and pad_top == 1 and pad_left == 1:
+            add_plane_correlation_transposed(dinput, c, planes, 0, weight, c, 1, 1, 1, False)
+            continue
+        if by_rows and stride == 2 and pad_top == 0 and pad_left == 0:
+            add_plane_correlation_transposed(dinput, c, planes, 0, weight, c, 2, 0, 0, False)
+            continue
         if by_rows:
             add_plane_correlation_transposed(dinput, c, planes, 0, weight, c, stride, pad_top, pad_left, False)
             continue
