@@ -1,14 +1,15 @@
 """3 x 3 convolution of one channel plane, stride 1 or 2, a whole output row at a time: depthwise and the stem.
 
 The kernels in conv2d.py make one pass over the output plane per tap (9 passes for 3 x 3). Here each output row takes
-all nine taps from three input rows in one pass. The plane splits once into its interior, where every tap lies inside
-the input and the row loop is a plain unit-step (stride 1) or even/odd (stride 2) loop that LLVM vectorises, and its
-border pixels, which test each tap. How the code is written is what makes it fast in Numba:
+all nine taps from three input rows in one pass (the top and bottom rows, whose taps reach into the padding, one pass
+per input row they do read). The columns split once into the interior, where every tap lies inside the input and the
+row loop is a plain unit-step (stride 1) or even/odd (stride 2) loop that LLVM vectorises, and the one or two border
+columns on each side, whose pixels test each tap. How the code is written is what makes it fast in Numba:
 - A plane is addressed by its channel index in the whole (C, H, W) array, and rows by index, never by a view: every
   view costs two atomic reference-count updates, which took longer than the arithmetic of a short row.
 - Interior indices are written max(0, ...) + i: LLVM then knows they are not negative and drops Numba's
   negative-index wraparound, which otherwise keeps the loop from vectorising.
-- Each function does a whole plane in one call: Numba does not inline calls between its functions.
+- Each function does a whole plane in one call: a call per row cost more than a short row's arithmetic.
 - fastmath "contract" (these functions only) lets LLVM fuse each multiply and add into one FMA, rounded once. The
   in-place kernels call the same functions as the out-of-place ones, so the two still agree bit for bit.
 Numba's cache only watches the file of the jitted kernel: after editing this file, also touch the kernel files that
