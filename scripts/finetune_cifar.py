@@ -124,7 +124,8 @@ def train(config: TrainConfig, args) -> int:
           f"peak {trainer.dry_run.whole_step_peak_bytes:,} B, high water {trainer.dry_run.high_water_bytes:,} B, "
           f"feature memory {trainer.dry_run.feature_bytes:,} B (dense {trainer.dense_feature_bytes:,} B)")
     results = trainer.run()
-    print(f"test accuracy {results.test_accuracy:.4f} on {results.test_images:,} images ({results.data})")
+    print(f"test accuracy {results.test_accuracy:.4f} on {results.test_images:,} images ({results.data}); with "
+          f"each image's mirror image too: {results.mirrored_test_accuracy:.4f}")
     if results.exact_subset is not None:
         exact = results.exact_subset
         print(f"pixel-exact test images: {exact.accuracy:.4f} on {exact.images} (their copies in the training "

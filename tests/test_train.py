@@ -27,7 +27,13 @@ def make_trainer(config, output_dir, data_dir, cache_dir, resume=False):
 
 def test_short_fine_tune_learns_well_above_chance(data_dir, cache_dir, tmp_path):
     config = TrainConfig(resolution=64, epochs=2, train_subset=1000, test_subset=1000, lr=0.01, warmup_steps=100)
-    results = make_trainer(config, tmp_path, data_dir, cache_dir).run()
+    trainer = make_trainer(config, tmp_path, data_dir, cache_dir)
+    results = trainer.run()
+    assert results.mirrored_test_accuracy > 0.25
+    # an image and its mirror image get the same mirrored prediction: the logits of both are summed
+    images, labels = trainer.test.images[:50], trainer.test.labels[:50]
+    np.testing.assert_array_equal(trainer.predict(images, labels, "", mirrored=True),
+                                  trainer.predict(np.ascontiguousarray(images[:, :, ::-1]), labels, "", mirrored=True))
     first, second = results.history
     assert second["train_loss"] < first["train_loss"]
     assert results.test_accuracy > 0.25

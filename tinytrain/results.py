@@ -27,6 +27,7 @@ class RunResults:
     history: list[dict]  # per finished epoch: epoch, train_loss, train_accuracy, test_accuracy
     test_images: int
     test_accuracy: float
+    mirrored_test_accuracy: float  # from the logits of each test image and its mirror image summed
     per_class_accuracy: list[float | None]  # in class_names order; None for a class without test images
     confusion_matrix: list[list[int]]  # [true class][predicted class] counts over the test images
     exact_subset: ExactSubsetAccuracy | None  # CIFAR-10 only, and None when the pixel-exact file is absent

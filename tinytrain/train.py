@@ -352,12 +352,18 @@ class Trainer:
     def evaluate(self, images: np.ndarray, labels: np.ndarray, desc: str) -> float:
         return float(np.mean(self.predict(images, labels, desc) == labels))
 
-    def predict(self, images: np.ndarray, labels: np.ndarray, desc: str) -> np.ndarray:
-        """(N,) the predicted class of each image, resized as the test images are."""
+    def predict(self, images: np.ndarray, labels: np.ndarray, desc: str, mirrored: bool = False) -> np.ndarray:
+        """(N,) the predicted class of each image, resized as the test images are. `mirrored`: from the logits of
+        the image and of its mirror image (left-right) summed, as training's random flips see both."""
         batches = Augmenter(images, labels, self.config.resolution, augment=False, shuffle=False)
-        return np.array([int(np.argmax(self.engine.infer(image)[self.graph.output_name]))
-                         for image, _ in tqdm(batches.epoch(0), total=len(batches), desc=desc, unit="img",
-                                              disable=not self.progress)], dtype=np.int64)
+        predictions = np.empty(len(batches), dtype=np.int64)
+        for position, (image, _) in enumerate(tqdm(batches.epoch(0), total=len(batches), desc=desc, unit="img",
+                                                   disable=not self.progress)):
+            logits = self.engine.infer(image)[self.graph.output_name]  # (classes,) a host copy
+            if mirrored:
+                logits += self.engine.infer(np.ascontiguousarray(image[:, ::-1]))[self.graph.output_name]
+            predictions[position] = np.argmax(logits)
+        return predictions
 
     @property
     def _test_count(self) -> int:
@@ -389,6 +395,8 @@ class Trainer:
             history=state.history,
             test_images=count,
             test_accuracy=self._accuracy(predictions),
+            mirrored_test_accuracy=self._accuracy(self.predict(self.test.images[:count], self.test.labels[:count],
+                                                               "test, mirrored too", mirrored=True)),
             per_class_accuracy=[None if np.isnan(value) else float(value) for value in per_class_accuracy(confusion)],
             confusion_matrix=confusion.tolist(),
             exact_subset=self._exact_subset_accuracy(count),
