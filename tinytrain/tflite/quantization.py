@@ -21,7 +21,7 @@ from tinytrain.layers import WeightedLayer
 from tinytrain.memory import MEASURING_ARENA_BYTES
 
 from .flatbuffer import Quantization
-from .rounding import input_columns, round_weights, second_moment
+from .rounding import SecondMoment, input_columns, round_weights
 
 INT8_MIN, INT8_MAX = -128, 127
 WEIGHT_MAX = 127  # symmetric weights use [-127, 127], so that -w is representable (TFLite int8 spec)
@@ -46,7 +46,7 @@ class Range:
 class Calibration:
     ranges: dict[str, Range]  # tensor -> the interval it is quantized over
     means: dict[str, np.ndarray]  # tensor -> its mean over the images, (C, H, W) or (C,), for bias correction
-    moments: dict[str, np.ndarray]  # weighted layer -> its inputs' second moment (rounding.second_moment)
+    moments: dict[str, np.ndarray]  # weighted layer -> its inputs' second moment (rounding.SecondMoment)
 
 
 def calibrate(graph: Graph, images: Iterable[np.ndarray], count: int, progress: bool = True) -> Calibration:
@@ -54,17 +54,18 @@ def calibrate(graph: Graph, images: Iterable[np.ndarray], count: int, progress: 
     weighted layer's input, over `images` (uint8 (H, W, C) at the graph's resolution, `count` of them)."""
     samples: dict[str, list[np.ndarray]] = {}
     sums: dict[str, np.ndarray] = {}
-    moments: dict[str, np.ndarray] = {}
+    moments = {layer.name: SecondMoment(layer) for layer in graph.weighted_layers}
     for tensors in _every_tensor(graph, images, count, "calibration: ranges", progress):
         for layer in graph.weighted_layers:
-            moments[layer.name] = moments.get(layer.name, 0.0) + second_moment(layer, tensors[layer.inputs[0]])
+            moments[layer.name].add(tensors[layer.inputs[0]])
         for name, tensor in tensors.items():
             values = tensor.reshape(-1)
             stride = max(1, values.size // SAMPLES_PER_IMAGE)
             samples.setdefault(name, []).extend([values[::stride], np.array([values.min(), values.max()])])
             sums[name] = sums.get(name, 0.0) + tensor.astype(np.float64)
     return Calibration({name: least_squares_range(np.concatenate(values)) for name, values in samples.items()},
-                       {name: total / count for name, total in sums.items()}, moments)
+                       {name: total / count for name, total in sums.items()},
+                       {name: moment.result() for name, moment in moments.items()})
 
 
 def channel_ranges(graph: Graph, images: Iterable[np.ndarray], count: int,
@@ -144,7 +145,7 @@ def quantize_weight_and_bias(weight: np.ndarray, bias: np.ndarray, input_scale: 
                              input_moment: np.ndarray, depthwise: bool) -> QuantizedLayer:
     """int8 weight per output channel (axis 0 of `weight`: (K, C, ...) or depthwise (C, ...)) and int32 bias of a
     layer whose input has per-tensor scale `input_scale`, whose taps see the mean inputs `input_tap_means`
-    (C, taps) (tap_means) and whose weight columns co-vary as `input_moment` says (rounding.second_moment).
+    (C, taps) (tap_means) and whose weight columns co-vary as `input_moment` says (rounding.SecondMoment).
 
     A channel's scale is max|w| / 127, raised where the bias would not fit int32 at input_scale * weight_scale (the
     bias shares the accumulator's scale). The weights are rounded as rounding.round_weights does. What is left of

@@ -31,10 +31,37 @@ def input_columns(layer: WeightedLayer, x: np.ndarray) -> np.ndarray:
     return taps if isinstance(layer, Depthwise) else taps.reshape(-1, taps.shape[2])
 
 
-def second_moment(layer: WeightedLayer, x: np.ndarray) -> np.ndarray:
-    """Sum over output positions of column x column products, float64: depthwise (C, taps, taps), else (n, n)."""
-    columns = input_columns(layer, x).astype(np.float64)
-    return columns @ np.swapaxes(columns, -1, -2)
+class SecondMoment:
+    """Sum over the output positions of every image of column x column products of a layer's input, float64:
+    depthwise (C, taps, taps), else (n, n). Columns are multiplied in blocks of about BLOCK_POSITIONS positions,
+    not image by image: the late layers have few positions and many channels, so one product per image would cost
+    a whole (n, n) matrix for a handful of positions."""
+
+    BLOCK_POSITIONS = 4096
+
+    def __init__(self, layer: WeightedLayer):
+        self.layer = layer
+        self.pending: list[np.ndarray] = []
+        self.positions = 0
+        self.total: np.ndarray | float = 0.0
+
+    def add(self, x: np.ndarray) -> None:
+        columns = input_columns(self.layer, x)
+        self.pending.append(columns)
+        self.positions += columns.shape[-1]
+        if self.positions >= self.BLOCK_POSITIONS:
+            self._flush()
+
+    def result(self) -> np.ndarray:
+        self._flush()
+        return self.total
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        columns = np.concatenate(self.pending, axis=-1).astype(np.float32)
+        self.total = self.total + (columns @ np.swapaxes(columns, -1, -2)).astype(np.float64)
+        self.pending, self.positions = [], 0
 
 
 def round_weights(weight: np.ndarray, scale: np.ndarray, moment: np.ndarray, limit: int) -> np.ndarray:
