@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from tinytrain.cli import add_debug_flag, run_script
@@ -37,7 +38,9 @@ def parse_args(argv):
     parser.add_argument("--arena-bytes", type=int, default=DEFAULTS.arena_bytes, help="arena of the sparse policies")
     parser.add_argument("--train-subset", type=int, help="train on this many images (default: all 50,000)")
     parser.add_argument("--test-subset", type=int, help="evaluate on the first this many test images (default all)")
-    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the head, shuffling and draws")
+    parser.add_argument("--seed", type=int, nargs="+", default=[DEFAULTS.seed],
+                        help="seed of the head, shuffling and draws; with several, every policy trains once per seed "
+                             "and the table gives mean ± standard deviation over them")
     parser.add_argument("--pruned-model", help="also train `dynamic` on this pruned model (scripts/prune_model.py) "
                                                "and add it as the row 'dynamic, pruned'")
     parser.add_argument("--output-dir", default="runs/compare", help="one folder per policy, plus the tables")
@@ -58,13 +61,17 @@ def main(argv=None) -> int:
 def compare(args) -> int:
     base = TrainConfig(resolution=args.resolution, epochs=args.epochs, lr=args.lr, warmup_steps=args.warmup_steps,
                        ratio=args.ratio, arena_bytes=args.arena_bytes, train_subset=args.train_subset,
-                       test_subset=args.test_subset, seed=args.seed)
-    trials = comparison_trials(base, args.policies, args.pruned_model)
+                       test_subset=args.test_subset)
+    trials = comparison_trials(base, args.policies, args.pruned_model, args.seed)
     require_ray()
+    started = time.perf_counter()
     outcomes = run_sweep(trials, args.output_dir, data_dir=args.data_dir, address=args.address, num_cpus=args.cpus,
                          retries=args.retries)
-    rows = write_summary(outcomes, Path(args.output_dir), comparison_caption(base, outcomes), stem="comparison")
+    wall_seconds = time.perf_counter() - started
+    rows = write_summary(outcomes, Path(args.output_dir), comparison_caption(base, outcomes), wall_seconds,
+                         stem="comparison")
     print(markdown_table(rows))
+    print(f"{len(trials)} trials; this run took {wall_seconds / 60:.1f} min")
     failures = failure_report(outcomes)
     if failures:
         print(f"error: {failures}", file=sys.stderr)

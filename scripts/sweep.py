@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from tinytrain.cli import add_debug_flag, run_script
@@ -55,11 +56,14 @@ def sweep(args) -> int:
     grid = merge_grids(read_grid_file(args.grid_file) if args.grid_file else {}, parse_grid_arguments(args.grid))
     trials = grid_trials(grid)
     require_ray()
+    started = time.perf_counter()
     outcomes = run_sweep(trials, args.output_dir, data_dir=args.data_dir, address=args.address, num_cpus=args.cpus,
                          retries=args.retries)
-    rows = write_summary(outcomes, Path(args.output_dir), grid_caption(grid, trials))
+    wall_seconds = time.perf_counter() - started
+    rows = write_summary(outcomes, Path(args.output_dir), grid_caption(grid, trials), wall_seconds)
     skipped = sum(outcome.status == "skipped" for outcome in outcomes)
-    print(f"{len(trials)} trials, {skipped} finished before this run; table: {Path(args.output_dir) / 'sweep.md'}")
+    print(f"{len(trials)} trials, {skipped} finished before this run; this run took {wall_seconds / 60:.1f} min; "
+          f"table: {Path(args.output_dir) / 'sweep.md'}")
     print(markdown_table(rows))
     failures = failure_report(outcomes)
     if failures:

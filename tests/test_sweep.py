@@ -120,6 +120,16 @@ def test_without_ray_the_script_says_what_to_install(monkeypatch, tmp_path, caps
                                        '-e ".[sweep]"\n')
 
 
+def test_help_explains_the_grid_format(capsys):
+    with pytest.raises(SystemExit) as done:
+        load_script("sweep").main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "'--grid FIELD=V1,V2,...' once per setting" in text
+    assert '{"policy": ["dense", "dynamic"], "seed": [0, 1], "epochs": 2}' in text
+    assert "bias_from_block=none" in text
+
+
 # ---- the table ----
 
 def outcome(name, policy, seed, accuracy, seconds):
@@ -131,7 +141,7 @@ def test_a_row_per_configuration_with_mean_and_standard_deviation_over_seeds(tmp
     outcomes = [outcome("a0", "bias", 0, 0.75, 0.020), outcome("b0", "dynamic", 0, 0.80, 0.010),
                 outcome("a1", "bias", 1, 0.77, 0.030),
                 TrialOutcome(Trial("b1", {"policy": "dynamic"}, TrainConfig(seed=1)), "failed", None, "it diverged")]
-    rows = write_summary(outcomes, tmp_path, "caption")
+    rows = write_summary(outcomes, tmp_path, "caption", 12.5)
     assert [(row.configuration, row.seeds) for row in rows] == [({"policy": "bias"}, [0, 1]),
                                                                 ({"policy": "dynamic"}, [0])]
     assert rows[0].measures["test_accuracy"].mean == pytest.approx(0.76)
@@ -143,6 +153,7 @@ def test_a_row_per_configuration_with_mean_and_standard_deviation_over_seeds(tmp
     assert lines[4].endswith("| 25.0 ± 7.1 |")
     assert lines[5].startswith("| dynamic | 0 | 80.00% | 0 |")
     document = json.loads((tmp_path / "sweep.json").read_text())
+    assert document["wall_seconds"] == 12.5
     assert [(trial["name"], trial["status"], trial["error"]) for trial in document["trials"]][-1] == (
         "b1", "failed", "it diverged")
 
@@ -163,6 +174,15 @@ def test_the_policy_comparison_is_one_trial_per_policy_plus_the_pruned_model():
         ("dense", "dense"), ("dynamic", "dynamic"), ("dynamic-pruned", "dynamic, pruned")]
     assert trials[0].config.arena_bytes > trials[1].config.arena_bytes == 1 << 20  # dense gets the arena it needs
     assert trials[2].config == replace(base, model="pruned/model.h5")
+
+
+def test_the_policy_comparison_over_several_seeds_is_one_row_per_policy():
+    trials = comparison_trials(TrainConfig(), ["bias", "dynamic"], seeds=[0, 1])
+    assert [(trial.name, trial.row, trial.config.seed) for trial in trials] == [
+        ("bias_seed-0", {"policy": "bias"}, 0), ("bias_seed-1", {"policy": "bias"}, 1),
+        ("dynamic_seed-0", {"policy": "dynamic"}, 0), ("dynamic_seed-1", {"policy": "dynamic"}, 1)]
+    with pytest.raises(GridError, match="listed twice"):
+        comparison_trials(TrainConfig(), ["bias"], seeds=[0, 0])
 
 
 # ---- on Ray ----
@@ -277,3 +297,4 @@ def test_compare_policies_runs_as_a_sweep_and_keeps_its_table(local_ray, data_di
     results = json.loads((output / "bias" / "results.json").read_text())
     assert f"| {results['whole_step_peak_bytes']:,} | {results['feature_bytes']:,} |" in lines[4]
     assert "| bias | " in capsys.readouterr().out
+

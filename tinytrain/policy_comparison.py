@@ -13,15 +13,19 @@ from tinytrain.train import TrainConfig
 PRUNED_LABEL = "dynamic, pruned"
 
 
-def comparison_trials(base: TrainConfig, policies: list[str], pruned_model: str | None = None) -> list[Trial]:
-    """One trial per policy on `base`, named after it; dense runs in the arena it needs (about 11 MB at 128x128), the
-    others in base's."""
+def comparison_trials(base: TrainConfig, policies: list[str], pruned_model: str | None = None,
+                      seeds: list[int] | None = None) -> list[Trial]:
+    """One trial per policy (and per seed of `seeds`, when several: base's seed otherwise) on `base`, named after it;
+    dense runs in the arena it needs (about 11 MB at 128x128), the others in base's."""
     labelled = [(policy, replace(base, policy=policy,
                                  arena_bytes=MEASURING_ARENA_BYTES if policy == "dense" else base.arena_bytes))
                 for policy in policies]
     if pruned_model is not None:
         labelled.append((PRUNED_LABEL, replace(base, policy="dynamic", model=pruned_model)))
-    trials = [Trial(label.replace(", ", "-"), {"policy": label}, config) for label, config in labelled]
+    seeds = seeds or [base.seed]
+    trials = [Trial(label.replace(", ", "-") + (f"_seed-{seed}" if len(seeds) > 1 else ""), {"policy": label},
+                    replace(config, seed=seed))
+              for label, config in labelled for seed in seeds]
     check_unique_names(trials)
     return trials
 
