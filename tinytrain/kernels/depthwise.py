@@ -1,5 +1,6 @@
 """Depthwise k x k convolution (channel c reads only input channel c) of one (C, H, W) sample: forward and gradients."""
 
+import numpy as np
 from numba import njit, prange
 
 # 3 x 3 at stride 1 or 2 (every depthwise conv of MobileNetV2) runs a whole row at a time (rows3x3.py); other sizes
@@ -47,8 +48,8 @@ def _depthwise_backward_input(dinput, dout, weight, stride, pad_top, pad_left, a
     n_channels, kernel_h, kernel_w = weight.shape
     by_rows = is_rows3x3(kernel_h, kernel_w, stride)
     for c in prange(n_channels):
-        if by_rows and stride == 1 and pad_top == 1 and pad_left == 1:
-            add_plane_correlation_transposed(dinput, c, dout, c, weight, c, 1, 1, 1, accumulate)
+        if by_rows and stride == 1 and pad_top == 1 and pad_left == 1:  # its transpose: the rotated correlation
+            add_plane_correlation(dinput, c, dout, c, weight, c, 1, 1, 1, True, np.float32(0.0), accumulate)
             continue
         if by_rows and stride == 2 and pad_top == 0 and pad_left == 0:
             add_plane_correlation_transposed(dinput, c, dout, c, weight, c, 2, 0, 0, accumulate)

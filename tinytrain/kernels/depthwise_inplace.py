@@ -61,8 +61,8 @@ def _depthwise_backward_input_inplace(dinput, dout, scratch, weight, stride, pad
     planes = scratch[np.newaxis]  # (1, Ho, Wo)
     for c in range(n_channels - 1, -1, -1):
         copy_plane(scratch, dout, c)
-        if by_rows and stride == 1 and pad_top == 1 and pad_left == 1:
-            add_plane_correlation_transposed(dinput, c, planes, 0, weight, c, 1, 1, 1, False)
+        if by_rows and stride == 1 and pad_top == 1 and pad_left == 1:  # its transpose: the rotated correlation
+            add_plane_correlation(dinput, c, planes, 0, weight, c, 1, 1, 1, True, np.float32(0.0), False)
             continue
         if by_rows and stride == 2 and pad_top == 0 and pad_left == 0:
             add_plane_correlation_transposed(dinput, c, planes, 0, weight, c, 2, 0, 0, False)
