@@ -18,7 +18,7 @@ import pytest
 from tinytrain.checkpoint import read_progress
 from tinytrain.data import load_cifar10
 from tinytrain.policy_comparison import comparison_trials
-from tinytrain.sweep import SweepError, run_sweep
+from tinytrain.sweep import SweepError, failure_report, run_sweep
 from tinytrain.sweep_grid import GridError, Trial, grid_trials, parse_grid_arguments, read_grid_file
 from tinytrain.sweep_summary import MEASURES, TrialOutcome, markdown_table, summarize, write_summary
 from tinytrain.train import TrainConfig
@@ -224,6 +224,16 @@ def test_a_rerun_with_other_settings_is_refused_before_anything_starts(grid_swee
     with pytest.raises(SweepError, match=r"holds a run with other settings \(epochs: 1 in the checkpoint, 2 now\)"):
         run_sweep(changed, output, data_dir=data_dir, progress=False)
     assert sorted((path, path.stat().st_mtime_ns) for path in output.rglob("*")) == before
+
+
+def test_a_trial_that_fails_is_reported_in_one_line_and_the_others_finish(local_ray, data_dir, tmp_path):
+    trials = grid_of(["arena_bytes=4096,4194304"] + [item for item in TINY if not item.startswith("arena_bytes")])
+    failed, finished = run_sweep(trials, tmp_path, data_dir=data_dir, progress=False)
+    assert (failed.status, failed.results) == ("failed", None)
+    assert failed.error.startswith("BudgetTooSmall: no memory schedule fits the 4,096 B arena.")
+    assert "\n" not in failed.error
+    assert finished.status == "ran" and (tmp_path / finished.trial.name / "results.json").is_file()
+    assert failure_report([failed, finished]).startswith(f"1 of 2 trials failed: {failed.trial.name}: BudgetTooSmall")
 
 
 def parent_pid(pid: int) -> int:

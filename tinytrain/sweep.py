@@ -46,16 +46,32 @@ def require_ray():
     return ray
 
 
+class TrialFailed(Exception):
+    """A trial's error as one line of text: Ray carries it back to the sweep, and not every exception unpickles."""
+
+
 def run_trial(trial: Trial, output_dir: str, data_dir: str) -> tuple[str, dict]:
     """Train `trial` in `output_dir` ("ran"), or continue it from the checkpoint there ("resumed"), on a Ray worker.
 
     A retried trial, whose worker died, finds the checkpoint its first attempt wrote."""
-    checkpoint = Path(output_dir) / "checkpoint.h5"
-    resume = checkpoint.is_file()
     try:
-        trainer = Trainer(trial.config, Path(output_dir), data_dir=data_dir, progress=False, resume=resume)
-    except RunAlreadyFinished:  # it died after writing results.json
-        return "resumed", read_complete_results(Path(output_dir) / "results.json")
+        return _train_or_resume(trial, Path(output_dir), data_dir)
+    except TrainingInterrupted:  # retried by Ray (see run_sweep)
+        raise
+    except Exception as error:
+        raise TrialFailed(" ".join(f"{type(error).__name__}: {error}".split())) from None
+
+
+def _train_or_resume(trial: Trial, output_dir: Path, data_dir: str) -> tuple[str, dict]:
+    resume = (output_dir / "checkpoint.h5").is_file()
+    try:
+        trainer = Trainer(trial.config, output_dir, data_dir=data_dir, progress=False, resume=resume)
+    except RunAlreadyFinished as finished:  # it died after writing results.json
+        results = read_complete_results(output_dir / "results.json")
+        if results is None:
+            raise SweepError(f"{finished}, but that file is damaged; delete it and rerun: the trial is evaluated "
+                             "again from its checkpoint") from finished
+        return "resumed", results
     return ("resumed" if resume else "ran"), asdict(trainer.run())
 
 
