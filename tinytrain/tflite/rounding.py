@@ -59,8 +59,8 @@ class SecondMoment:
     def _flush(self) -> None:
         if not self.pending:
             return
-        columns = np.concatenate(self.pending, axis=-1).astype(np.float32)
-        self.total = self.total + (columns @ np.swapaxes(columns, -1, -2)).astype(np.float64)
+        columns = np.concatenate(self.pending, axis=-1).astype(np.float64)
+        self.total = self.total + columns @ np.swapaxes(columns, -1, -2)
         self.pending, self.positions = [], 0
 
 
