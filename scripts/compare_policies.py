@@ -11,7 +11,7 @@ from pathlib import Path
 from tinytrain.cli import add_debug_flag, run_script
 from tinytrain.policy_comparison import comparison_caption, comparison_trials
 from tinytrain.sparse import POLICIES
-from tinytrain.sweep import DEFAULT_RETRIES, INSTALL_HINT, failure_report, require_ray, run_sweep
+from tinytrain.sweep import DEFAULT_RETRIES, INSTALL_HINT, failure_report, run_sweep
 from tinytrain.sweep_summary import markdown_table, write_summary
 from tinytrain.train import TrainConfig
 
@@ -63,7 +63,6 @@ def compare(args) -> int:
                        ratio=args.ratio, arena_bytes=args.arena_bytes, train_subset=args.train_subset,
                        test_subset=args.test_subset)
     trials = comparison_trials(base, args.policies, args.pruned_model, args.seed)
-    require_ray()
     started = time.perf_counter()
     outcomes = run_sweep(trials, args.output_dir, data_dir=args.data_dir, address=args.address, num_cpus=args.cpus,
                          retries=args.retries)

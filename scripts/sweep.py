@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from tinytrain.cli import add_debug_flag, run_script
-from tinytrain.sweep import DEFAULT_RETRIES, INSTALL_HINT, failure_report, require_ray, run_sweep
+from tinytrain.sweep import DEFAULT_RETRIES, INSTALL_HINT, failure_report, run_sweep
 from tinytrain.sweep_grid import (FIELD_ORDER, grid_caption, grid_trials, merge_grids, parse_grid_arguments,
                                   read_grid_file)
 from tinytrain.sweep_summary import markdown_table, write_summary
@@ -38,7 +38,7 @@ def parse_args(argv):
     parser.add_argument("--output-dir", default="runs/sweep", help="one folder per trial, plus sweep.md and sweep.json")
     parser.add_argument("--data-dir", help="folder holding the weights and cifar10/, at the same path on every node "
                                            "(default: $TINYTRAIN_DATA, then the user cache)")
-    parser.add_argument("--address", help="join the Ray cluster at this address (for example 10.0.0.1:6379 or auto) "
+    parser.add_argument("--address", help="join the Ray cluster at this address (HOST:PORT of its head, or auto) "
                                           "instead of starting Ray on this machine")
     parser.add_argument("--cpus", type=int, help="without --address: trials run at once (default: every core)")
     parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
@@ -55,7 +55,6 @@ def main(argv=None) -> int:
 def sweep(args) -> int:
     grid = merge_grids(read_grid_file(args.grid_file) if args.grid_file else {}, parse_grid_arguments(args.grid))
     trials = grid_trials(grid)
-    require_ray()
     started = time.perf_counter()
     outcomes = run_sweep(trials, args.output_dir, data_dir=args.data_dir, address=args.address, num_cpus=args.cpus,
                          retries=args.retries)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tinytrain.atomic import atomic_path
-from tinytrain.results import RunResults
 from tinytrain.sweep_grid import Trial
 
 
@@ -31,10 +30,11 @@ MEASURES = (
     Measure("seconds_per_step", "ms per step", 1000.0, "{:.1f}"),
 )
 
-RESULT_FIELDS = {field.name for field in fields(RunResults)}
+# What the sweep reads of a results.json; the other fields may grow or change without making old results unreadable.
+REQUIRED_FIELDS = {"config", "steps", "test_images"} | {measure.key for measure in MEASURES}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrialOutcome:
     trial: Trial
     status: str  # "skipped" (finished before), "ran", "resumed" (from its checkpoint) or "failed"
@@ -43,12 +43,12 @@ class TrialOutcome:
 
 
 def read_complete_results(path: Path) -> dict | None:
-    """A results.json with every field a finished run writes; None if missing, unreadable or incomplete."""
+    """A results.json with every field the sweep reads; None if missing, unreadable or incomplete."""
     try:
         results = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return results if isinstance(results, dict) and RESULT_FIELDS <= results.keys() else None
+    return results if isinstance(results, dict) and REQUIRED_FIELDS <= results.keys() else None
 
 
 @dataclass(frozen=True)
