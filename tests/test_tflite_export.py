@@ -3,6 +3,7 @@ compared with tinytrain's own inference; the int8 tensors as the TFLite spec has
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -40,11 +41,13 @@ def exact_images(data_dir: Path, split: str, count: int) -> tuple[np.ndarray, np
 
 
 @pytest.fixture(scope="module")
-def graph(data_dir, tmp_path_factory):
-    """Pretrained MobileNetV2 at 64x64 whose 4-class head holds the pooled features of four training images, one
-    per class: a head with real margins, as fine-tuning gives, without training."""
-    weights = load_pretrained(data_dir=data_dir, cache_dir=tmp_path_factory.mktemp("cache"), allow_download=False)
-    graph = build_mobilenetv2(num_classes=len(CLASSES), resolution=RESOLUTION, weights=weights)
+def weights(data_dir, tmp_path_factory):
+    return load_pretrained(data_dir=data_dir, cache_dir=tmp_path_factory.mktemp("cache"), allow_download=False)
+
+
+def with_prototype_head(graph, data_dir):
+    """`graph` with its 4-class head set to the pooled features of four training images, one per class: a head with
+    real margins, as fine-tuning gives, without training."""
     images, _ = exact_images(data_dir, "train", len(CLASSES))
     engine = Engine(graph, Arena(MEASURING_ARENA_BYTES, tracing=False))
     head = graph.layer("classifier")
@@ -54,6 +57,13 @@ def graph(data_dir, tmp_path_factory):
         head.weight[row] = 8.0 * features / np.linalg.norm(features)
         head.bias[row] = 0.0
     return graph
+
+
+@pytest.fixture(scope="module")
+def graph(weights, data_dir):
+    """Pretrained MobileNetV2 at 64x64 with a prototype head."""
+    return with_prototype_head(build_mobilenetv2(num_classes=len(CLASSES), resolution=RESOLUTION, weights=weights),
+                               data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +99,18 @@ def test_float32_logits_match_tinytrain_in_both_runtimes(graph, float_model, tes
     for runtime in measured.runtimes:
         assert runtime.max_relative_error < 1e-4, runtime
         assert runtime.top1_agreement == 1.0 and runtime.accuracy == measured.tinytrain_accuracy
+
+
+def test_padding_other_than_same_becomes_an_explicit_pad(weights, data_dir, test_samples, tmp_path):
+    """Symmetric padding (torchvision's) pads a stride-2 convolution on top and left too, which TFLite's SAME does
+    not: the export puts a PAD before a VALID convolution, and the runtimes still match tinytrain."""
+    symmetric = replace(weights, preprocessing=replace(weights.preprocessing, padding="symmetric"))
+    graph = with_prototype_head(build_mobilenetv2(num_classes=len(CLASSES), resolution=RESOLUTION, weights=symmetric),
+                                data_dir)
+    summary = export_tflite(graph, tmp_path / "model.tflite", progress=False)
+    assert summary.operators["PAD"] == 5  # the stem and the four stride-2 depthwise convolutions
+    measured = agreement(graph, (tmp_path / "model.tflite").read_bytes(), test_samples)
+    assert all(runtime.max_relative_error < 1e-4 for runtime in measured.runtimes), measured
 
 
 def test_int8_agrees_with_float_tinytrain_in_both_runtimes(graph, int8_model, test_samples):
