@@ -52,8 +52,9 @@ def parse_args(argv):
                     "printed: a per-op profile of tinytrain's dynamic and dynamic-lean steps (each kernel call of "
                     "the recorded steps timed; what remains is the time outside kernels) and the achieved inference "
                     "GFLOP/s next to this machine's float32 matmul rate. PyTorch runs on "
-                    "torch.set_num_threads(os.cpu_count()); Numba on its default, one thread per core. Run it on an otherwise idle machine: the report "
-                    "says how much CPU other processes took meanwhile; re-run when that is not near 0.")
+                    "torch.set_num_threads(os.cpu_count()); Numba on its default, one thread per core. Run it on an "
+                    "otherwise idle machine: the report says how much CPU other processes took meanwhile; re-run "
+                    "when that is not near 0.")
     parser.add_argument("--resolution", type=int, nargs="+", default=[32, 128],
                         help="input side(s) in pixels, each timed in turn (default: 32 128)")
     parser.add_argument("--repeats", type=int, default=30,

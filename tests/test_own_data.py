@@ -114,7 +114,7 @@ def test_train_and_test_folders_in_an_archive_are_fitted_to_the_resolution_and_c
 
 
 def bad_folders():
-    """(name, how to make it under a root, flags, the error's start after '<root>: ')."""
+    """(name, how to make it under a root, the error's start after '<root>: ')."""
     def empty_class(root):
         write_folder(root, {"cat": 3, "dog": 3})
         (root / "owl").mkdir()
@@ -139,23 +139,23 @@ def bad_folders():
         write_folder(root, {"cat": 3, "dog": 1})
 
     return [
-        ("empty class", empty_class, (), "class folder owl/ has no .jpg/.jpeg/.png images; add some, or remove"),
-        ("one class", one_class, (), "only one class ('cat'); a classifier needs at least two"),
-        ("class missing from a split", class_missing_from_a_split, (),
+        ("empty class", empty_class, "class folder owl/ has no .jpg/.jpeg/.png images; add some, or remove"),
+        ("one class", one_class, "only one class ('cat'); a classifier needs at least two"),
+        ("class missing from a split", class_missing_from_a_split,
          "class 'dog' has images in train/ but none in test/; add some to test/dog/"),
-        ("empty split", empty_split, (), "no images in test/: an empty split"),
-        ("loose image", loose_image, (), "stray.png is not inside a class folder"),
-        ("too few to split", too_few_to_split, (), "class 'dog' has only 1 image(s): too few"),
+        ("empty split", empty_split, "no images in test/: an empty split"),
+        ("loose image", loose_image, "stray.png is not inside a class folder"),
+        ("too few to split", too_few_to_split, "class 'dog' has only 1 image(s): too few"),
     ]
 
 
-@pytest.mark.parametrize("name, make, flags, message", bad_folders(), ids=[case[0] for case in bad_folders()])
+@pytest.mark.parametrize("name, make, message", bad_folders(), ids=[case[0] for case in bad_folders()])
 def test_a_bad_folder_ends_the_cli_in_one_line_before_any_weights_are_read(tmp_path, capsys, monkeypatch, name,
-                                                                           make, flags, message):
+                                                                           make, message):
     monkeypatch.setenv("NUMBA_NUM_THREADS", "1")  # no speed warning in the output
     root = tmp_path / "pets"
     make(root)
-    status, _, err = run_cli(capsys, "--dataset", str(root), *flags, "--output-dir", str(tmp_path / "run"),
+    status, _, err = run_cli(capsys, "--dataset", str(root), "--output-dir", str(tmp_path / "run"),
                              "--data-dir", str(tmp_path / "no-data"))  # reaching the weights would fail otherwise
     assert status == 1 and error_line(err).startswith(f"error: {root}: {message}"), err
 

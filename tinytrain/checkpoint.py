@@ -5,6 +5,7 @@ A checkpoint alone rebuilds the fine-tuned model (load_trained_model): predictio
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -57,19 +58,28 @@ class TrainingState:
     memory_schedule: MemorySchedule = LAYER_BY_LAYER
 
 
+@contextmanager
+def _opened(path: Path, instead: str):
+    """The checkpoint at `path` open for reading, with its root attributes, once it is known to be a tinytrain
+    checkpoint; `instead` says what to do when it is missing or is not one."""
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; {instead}")
+    check_global_heaps(path)  # first: one kind of damage would hang h5py for good
+    with h5py.File(path, "r") as file:
+        attrs = _attributes(file)
+        if attrs.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not a tinytrain checkpoint (its format is {attrs.get('format')!r}); "
+                                  f"{instead}")
+        yield file, attrs
+
+
 def read_progress(path: Path) -> tuple[int, dict, list[str]]:
     """(steps done, configuration, class names) of a checkpoint, without reading its tensors: enough to check a resume
     before any work. The class names are empty in a checkpoint older than format 3."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; start the run without --resume, or point --output-dir at the "
-                              "run to continue")
     try:
-        check_global_heaps(path)  # first: one kind of damage would hang h5py for good
-        with h5py.File(path, "r") as file:
-            attrs = _attributes(file)
-            if attrs.get("format") != FORMAT:
-                raise CheckpointError(f"{path} is not a tinytrain checkpoint; point --output-dir at a run's folder")
+        instead = "start the run without --resume, or point --output-dir at the run to continue"
+        with _opened(path, instead) as (_, attrs):
             return int(attrs["step"]), json.loads(attrs["config"]), json.loads(attrs.get("class_names", "[]"))
     except READ_ERRORS as error:
         raise CheckpointError(f"cannot read checkpoint {path} ({error}); it is corrupt: start the run again without "
@@ -101,14 +111,8 @@ def load_checkpoint(path: Path, graph: Graph, steps_per_epoch: int | None = None
     """Copy the saved parameters into `graph` and return the rest of the state. A checkpoint of format 1 has no
     running sums: it resumes only at an epoch's end (`steps_per_epoch` says where those are)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; start the run without --resume")
     try:
-        check_global_heaps(path)
-        with h5py.File(path, "r") as file:
-            attrs = _attributes(file)
-            if attrs.get("format") != FORMAT:
-                raise CheckpointError(f"{path} is not a tinytrain checkpoint")
+        with _opened(path, "start the run without --resume") as (file, attrs):
             version = int(attrs.get("format_version", 1))
             parameters = {}
             for layer in graph.weighted_layers:
@@ -134,6 +138,10 @@ def load_checkpoint(path: Path, graph: Graph, steps_per_epoch: int | None = None
                 train_seconds=float(attrs.get("train_seconds", 0.0)),
                 class_names=json.loads(attrs.get("class_names", "[]")),
             )
+            if version >= 3:
+                state.arena_bytes = int(attrs["arena_bytes"])
+                state.memory_schedule = _schedule_from_record(json.loads(attrs["memory_schedule"]),
+                                                              len(graph.layers))
     except READ_ERRORS as error:
         raise CheckpointError(f"cannot read checkpoint {path} ({error}); it is corrupt: start the run again without "
                               "--resume") from error
@@ -161,15 +169,8 @@ def load_trained_model(path: str | Path) -> TrainedModel:
     """The model a checkpoint holds, rebuilt from the checkpoint alone; CheckpointError, saying what to pass instead,
     when the file is missing, not a checkpoint, damaged, or older than format 3."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; pass the checkpoint.h5 in a fine-tuning run's --output-dir")
     try:
-        check_global_heaps(path)
-        with h5py.File(path, "r") as file:
-            attrs = _attributes(file)
-            if attrs.get("format") != FORMAT:
-                raise CheckpointError(f"{path} is not a tinytrain checkpoint (its format is {attrs.get('format')!r}); "
-                                      "pass the checkpoint.h5 in a fine-tuning run's --output-dir")
+        with _opened(path, "pass the checkpoint.h5 in a fine-tuning run's --output-dir") as (file, attrs):
             version = int(attrs.get("format_version", 1))
             if version < 3:
                 raise CheckpointError(f"{path} was written by an older tinytrain (checkpoint format {version}), "

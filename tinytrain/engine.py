@@ -136,7 +136,7 @@ class Engine:
         if self._replay(key):
             return self._copies
         schedule = schedule_step(self.graph, UpdatePlan.frozen())
-        rehearsal = lambda engine: engine.infer(np.zeros_like(image), read)  # noqa: E731
+        rehearsal = lambda engine: engine.infer(self._blank_image(image.dtype), read)  # noqa: E731
         read = set(read) | {self.graph.output_name}
         with self._recording(key), self._planned_offsets(key, rehearsal), self._rollback_on_error():
             tensors, _ = self._forward(schedule, read)
@@ -162,22 +162,22 @@ class Engine:
             self._check_input(image)
         self._image, self._label = image, label
         self._step_update = _Update(sgd, apply_update, observe_gradient, micro_batch)
-        program_key, channels = None, None
-        if micro_batch.size == 1 and observe_gradient is None:
-            program_key = ("train", plan_shape(self.graph, plan), bool(sgd.momentum), image.dtype.str)
-            program = self._program(program_key)
+        key = None  # micro-batches run first-fit: their gradient sums outlive one sample
+        if micro_batch.size == 1:
+            key = ("train", plan_shape(self.graph, plan), bool(sgd.momentum), image.dtype.str)
+        recorded_key, channels = None, None
+        if observe_gradient is None:  # a recorded step calls kernels only, never an observer
+            program = self._program(key)
             if program is not None:
                 program.channels.refill(plan)
                 self._run(program)
                 return self._result
-            if self._replayable():
-                channels = ChannelSlots(self.graph, plan)
+            if key is not None and self.replays_steps:
+                recorded_key, channels = key, ChannelSlots(self.graph, plan)
                 plan = channels.plan  # the recorded kernels read the channels from these arrays, refilled every step
         schedule = schedule_step(self.graph, plan)
-        key, rehearsal = None, None
-        if micro_batch.size == 1:
-            key, rehearsal = self._training_shape(schedule, plan, sgd, image.dtype)
-        with self._recording(program_key, channels), self._planned_offsets(key, rehearsal), self._rollback_on_error():
+        with (self._recording(recorded_key, channels), self._planned_offsets(key, self._rehearsal(plan, sgd)),
+              self._rollback_on_error()):
             tensors, saved = self._forward(schedule, set())
             dlogits = self._loss(tensors.pop(self.graph.output_name))
             self._backward(schedule, saved, dlogits, self._step_update)
@@ -188,16 +188,15 @@ class Engine:
         now: planned now if that shape has not run yet. ArenaOverflow if its offsets cannot fit the arena."""
         if not self.plan_offsets:
             raise ValueError("an engine with plan_offsets=False places tensors first-fit and plans no step table")
-        return self._planned(*self._training_shape(schedule_step(self.graph, plan), plan, sgd,
-                                                   np.dtype(image_dtype)))[0]
+        schedule_step(self.graph, plan)  # the plan's own errors first
+        key = ("train", plan_shape(self.graph, plan), bool(sgd.momentum), np.dtype(image_dtype).str)
+        return self._planned(key, self._rehearsal(plan, sgd, np.dtype(image_dtype)))[0]
 
-    def _training_shape(self, schedule: StepSchedule, plan: UpdatePlan, sgd: SGD, image_dtype: np.dtype):
-        """The key of a training step's table, and the rehearsal that plans it (a blank image, no update)."""
-        key = ("train", _schedule_shape(schedule), bool(sgd.momentum), image_dtype.str)
-        blank = self._blank_image(image_dtype)
-        rehearsal = lambda engine: engine.train_step(blank, 0, plan, SGD(0.0, sgd.momentum),  # noqa: E731
-                                                     apply_update=False)
-        return key, rehearsal
+    def _rehearsal(self, plan: UpdatePlan, sgd: SGD, image_dtype: np.dtype | None = None) -> Callable[[Engine], None]:
+        """A training step of `plan`'s shape on a blank image with no update, for another engine to plan it on."""
+        dtype = self._image.dtype if image_dtype is None else image_dtype
+        return lambda engine: engine.train_step(self._blank_image(dtype), 0, plan, SGD(0.0, sgd.momentum),
+                                                apply_update=False)
 
     def _blank_image(self, dtype: np.dtype) -> np.ndarray:
         """Memory does not depend on pixel values: zeros, as uint8 pixels (H, W, C) or preprocessed (C, H, W)."""
@@ -208,13 +207,16 @@ class Engine:
     # ----------------------------------------------------------------------------------------------------
     # recorded steps: a step's kernel calls on its planned arena views, run again for every step of its shape
 
-    def _replayable(self) -> bool:
-        """Steps at planned offsets in an arena that keeps no trace and logs no ops: the arena's bookkeeping of a
-        recorded step would be the same every time, so later steps of its shape only call its kernels."""
+    @property
+    def replays_steps(self) -> bool:
+        """Whether steps are recorded and replayed: at planned offsets, in an arena that keeps no trace, with no op
+        log. The arena's bookkeeping of a recorded step would be the same every time, so later steps of its shape
+        only call its kernels. Parameters must then be updated in place (as SGD and checkpoint loading do): the
+        recorded calls hold the layers' weight and bias arrays, and a rebound array needs a new Engine."""
         return self.plan_offsets and not self.arena.tracing and self.op_log is None
 
     def _program(self, key: tuple | None) -> RecordedStep | None:
-        if key is None or not self._replayable():
+        if key is None or not self.replays_steps:
             return None
         return self._programs.get(key + (self.arena.live_blocks(),))
 
@@ -235,7 +237,7 @@ class Engine:
     @contextmanager
     def _recording(self, key: tuple | None, channels: ChannelSlots | None = None):
         """Record the kernel calls of the step run inside, and keep them for `key` if the step completes."""
-        if key is None or not self._replayable():
+        if key is None or not self.replays_steps:
             yield
             return
         fixed = self.arena.live_blocks()
@@ -382,7 +384,7 @@ class Engine:
         self._call(self._copy_image, source)
         self._record(start, "load input", "load", "", ())
 
-        # each load is bound to its own source: a recorded step calls it again long after this loop moved on
+        # each load is bound to its own source: the loop moves on to the next stage's
         load = partial(self._load_frame_window, source) if source.dtype == np.uint8 else partial(_load_window, source)
         for stage in self.patch_stages:
             kind = "saved" if stage.output in schedule.retained_by else "activation"
@@ -400,10 +402,10 @@ class Engine:
         else:
             np.copyto(x, self._image)
 
-    def _load_frame_window(self, frame: np.ndarray, tile: np.ndarray, region) -> None:
+    def _load_frame_window(self, frame: np.ndarray, tile: np.ndarray, region, call: Callable) -> None:
         """tile (C, h, w) <- the `region` of the camera frame (H, W, C) uint8, normalised."""
         window = frame[region.top:region.bottom, region.left:region.right]
-        normalize_image_forward(tile, window, self._pixel_scale, self._pixel_shift)
+        call(normalize_image_forward, tile, window, self._pixel_scale, self._pixel_shift)
 
     def _copy_image(self, frame: np.ndarray) -> None:
         np.copyto(frame, self._image)
@@ -698,18 +700,9 @@ class Engine:
             raise
 
 
-def _load_window(source: np.ndarray, tile: np.ndarray, region) -> None:
+def _load_window(source: np.ndarray, tile: np.ndarray, region, call: Callable) -> None:
     """tile (C, h, w) <- the `region` of source (C, H, W)."""
-    np.copyto(tile, source[:, region.top:region.bottom, region.left:region.right])
-
-
-def _schedule_shape(schedule: StepSchedule) -> tuple:
-    """What decides a training step's allocations: per layer what it computes and saves, and how many channels."""
-    return tuple((step.runs_backward, step.input_needs_grad, step.save_mask, step.saved_input,
-                  None if step.saved_channels is None else len(step.saved_channels),
-                  None if step.update is None else (len(step.update.out_channels), len(step.update.in_channels),
-                                                    step.update.bias))
-                 for step in schedule.layers)
+    call(np.copyto, tile, source[:, region.top:region.bottom, region.left:region.right])
 
 
 class _Gradients:

@@ -47,6 +47,7 @@ class OpLog:
         if not arena.tracing:
             raise ValueError("an op log needs a tracing arena: tensors are named by their trace position")
         self.arena = arena
+        self._earlier_blocks = {allocation.offset for allocation in arena.live()}  # live before the step began
         self.events: list[OpEvent] = []
         self.checked = checked
         self._before: np.ndarray | None = None  # (capacity,) uint8 host copy of the arena when the op started
@@ -62,10 +63,18 @@ class OpLog:
         return len(self.arena.trace)
 
     def ids(self, *views: np.ndarray) -> tuple[int, ...]:
-        """The trace positions of the views' allocations. Blocks live since before the trace began (the optimizer
-        state of earlier steps) are not the step's own and are left out."""
-        positions = (self.arena.trace_position_of(view) for view in views)
-        return tuple(position for position in positions if position is not None)
+        """The trace positions of the views' allocations. Blocks that were live when the log began (the optimizer
+        state of earlier steps) are not the step's own and are left out; any other view must be traced."""
+        positions = []
+        for view in views:
+            position = self.arena.trace_position_of(view)
+            if position is None:
+                if self.arena.offset_of(view) not in self._earlier_blocks:
+                    raise ValueError("an op touched an arena block that is neither the step's own nor live from "
+                                     "before it")
+                continue
+            positions.append(position)
+        return tuple(positions)
 
     def record(self, start: int, name: str, op_type: str, layer: str, reads: tuple[int, ...], macs: int = 0,
                update=None, selects_input_by_output: bool = False, written: tuple[int, ...] = ()) -> None:

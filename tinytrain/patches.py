@@ -186,8 +186,9 @@ def run_patch_stage(stage: PatchStage, graph: Graph, arena, source: np.ndarray, 
                     op_log: OpLog | None = None, call=call_now) -> None:
     """Fill `output` (the stage's last tensor, whole) tile by tile; every tile buffer lives in `arena`.
 
-    `load_source(tile_source, region)` writes the `region` of `source` (the stage's source tensor, or the camera
-    frame it is normalised from) into the (C, h, w) view `tile_source`. `op_log` records each op of each tile.
+    `load_source(tile_source, region, call)` writes the `region` of `source` (the stage's source tensor, or the
+    camera frame it is normalised from) into the (C, h, w) view `tile_source`, through `call`. `op_log` records
+    each op of each tile.
     `call(kernel, *arguments)` runs each kernel (the engine's also records it, see recorded_step.py).
     """
     channels = graph.shapes[stage.source][0]
@@ -197,7 +198,7 @@ def run_patch_stage(stage: PatchStage, graph: Graph, arena, source: np.ndarray, 
         start = op_log.start() if op_log else 0
         live = {stage.source: arena.alloc(f"{stage.source}.tile", (channels, region.height, region.width),
                                           np.float32, "activation")}
-        call(load_source, live[stage.source], region)
+        load_source(live[stage.source], region, call)
         if op_log:
             op_log.record(start, f"fwd {stage.source}{suffix}", "load", "", op_log.ids(source))
         for step in tile.layers:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tinytrain.graph import Graph
+from tinytrain.kernels.channel_check import first_invalid_channel
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,25 @@ def backward_macs(layer, input_shapes, step: LayerSchedule) -> int:
     return macs
 
 
-def schedule_step(graph: Graph, plan: UpdatePlan) -> StepSchedule:
-    unknown = set(plan.updates) - {layer.name for layer in graph.layers if layer.has_weight}
+def check_layer_names(graph: Graph, plan: UpdatePlan) -> None:
+    unknown = set(plan.updates) - {layer.name for layer in graph.weighted_layers}
     if unknown:
         raise ValueError(f"update plan names layers the graph has no weights for: {sorted(unknown)}")
+
+
+def check_channels(layer_name: str, what: str, channels: np.ndarray, count: int, seen: np.ndarray) -> None:
+    """A 1-d int64 list of distinct channels in [0, count); `seen` is (>= count,) bool scratch."""
+    if channels.dtype != np.int64 or channels.ndim != 1:
+        raise ValueError(f"{layer_name}: {what} must be a 1-d int64 array, got {channels.dtype} {channels.shape}")
+    position = first_invalid_channel(channels, count, seen)
+    if position >= 0:
+        channel = channels[position]
+        problem = f"out of range [0, {count})" if not 0 <= channel < count else "repeated"
+        raise ValueError(f"{layer_name}: {what}[{position}] = {channel} is {problem}")
+
+
+def schedule_step(graph: Graph, plan: UpdatePlan) -> StepSchedule:
+    check_layer_names(graph, plan)
     requires_grad = {graph.input_name: False}
     last_forward_use: dict[str, int] = {}
     retained_by: dict[str, int] = {}
@@ -122,14 +138,9 @@ def schedule_step(graph: Graph, plan: UpdatePlan) -> StepSchedule:
 
 
 def _check_channels(layer, update: LayerUpdate, in_channels: np.ndarray) -> None:
-    for what, channels, count in (("out_channels", update.out_channels, layer.out_channels),
-                                  ("in_channels", in_channels, layer.in_channels)):
-        if channels.dtype != np.int64 or channels.ndim != 1:
-            raise ValueError(f"{layer.name}: {what} must be a 1-d int64 array, got {channels.dtype} {channels.shape}")
-        if len(channels) and (channels.min() < 0 or channels.max() >= count):
-            raise ValueError(f"{layer.name}: {what} out of range [0, {count})")
-        if len(np.unique(channels)) != len(channels):
-            raise ValueError(f"{layer.name}: {what} has repeated channels")
+    seen = np.zeros(max(layer.out_channels, layer.in_channels), dtype=np.bool_)
+    check_channels(layer.name, "out_channels", update.out_channels, layer.out_channels, seen)
+    check_channels(layer.name, "in_channels", in_channels, layer.in_channels, seen)
 
 
 @dataclass(frozen=True)

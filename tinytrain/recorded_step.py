@@ -15,13 +15,13 @@ from typing import Callable
 import numpy as np
 
 from tinytrain.graph import Graph
-from tinytrain.kernels.channel_check import first_invalid_channel
-from tinytrain.plan import LayerUpdate, UpdatePlan, covers_all
+from tinytrain.plan import LayerUpdate, UpdatePlan, check_channels, check_layer_names, covers_all
 
 
 def plan_shape(graph: Graph, plan: UpdatePlan) -> tuple:
     """What decides a step's schedule and allocations, read off the plan: per trained layer, its channel counts,
     its bias, and whether its saved input is the whole input (RETAIN) rather than a gathered copy."""
+    check_layer_names(graph, plan)
     shape = []
     for name, update in plan.updates.items():
         layer = graph.layer(name)
@@ -46,20 +46,11 @@ class ChannelSlots:
         for name, slot in self.plan.updates.items():
             update = plan.updates[name]
             layer = self.graph.layer(name)
-            self._check(name, "out_channels", update.out_channels, layer.out_channels)
+            check_channels(name, "out_channels", update.out_channels, layer.out_channels, self._seen)
             np.copyto(slot.out_channels, update.out_channels)
             if not layer.selects_input_by_output:  # depthwise ignores in_channels
-                self._check(name, "in_channels", update.in_channels, layer.in_channels)
+                check_channels(name, "in_channels", update.in_channels, layer.in_channels, self._seen)
                 np.copyto(slot.in_channels, update.in_channels)
-
-    def _check(self, name: str, what: str, channels: np.ndarray, count: int) -> None:
-        if channels.dtype != np.int64 or channels.ndim != 1:
-            raise ValueError(f"{name}: {what} must be a 1-d int64 array, got {channels.dtype} {channels.shape}")
-        position = first_invalid_channel(channels, count, self._seen)
-        if position >= 0:
-            channel = channels[position]
-            problem = f"out of range [0, {count})" if not 0 <= channel < count else "repeated"
-            raise ValueError(f"{name}: {what}[{position}] = {channel} is {problem}")
 
 
 @dataclass(frozen=True)

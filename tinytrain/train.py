@@ -290,6 +290,9 @@ class Trainer:
         progress = tqdm(total=self.total_steps, initial=state.step, unit="img", disable=not self.progress,
                         smoothing=0.05)
         previous_plan = None
+        if state.history and "test_accuracy" not in state.history[-1] and \
+                state.step == len(state.history) * steps_per_epoch:
+            self._test_epoch(state)  # stopped after the epoch's checkpoint, before its test pass finished
         with progress, StopRequest() as stop:
             for epoch in range(state.step // steps_per_epoch, self.config.epochs):
                 progress.set_description(f"epoch {epoch + 1}/{self.config.epochs}")
@@ -328,15 +331,21 @@ class Trainer:
                     if state.step % 100 == 0:
                         progress.set_postfix(loss=f"{sums.loss / sums.steps:.3f}", acc=f"{sums.hits / sums.steps:.3f}",
                                              peak=f"{self.arena.peak_bytes:,}")
-                    if state.step % self.config.checkpoint_every == 0:
+                    # the epoch's last step is checkpointed below, with the epoch's figures closed
+                    if state.step % self.config.checkpoint_every == 0 and state.step % steps_per_epoch:
                         self._checkpoint(state)
                 sums = state.epoch_sums
-                self._test_predictions = (state.step, self._predict_test())
                 state.history.append({"epoch": epoch + 1, "train_loss": sums.loss / sums.steps,
-                                      "train_accuracy": sums.hits / sums.steps,
-                                      "test_accuracy": self._accuracy(self._test_predictions[1])})
+                                      "train_accuracy": sums.hits / sums.steps})
                 state.epoch_sums = EpochSums()
                 self._checkpoint(state)
+                self._test_epoch(state)
+
+    def _test_epoch(self, state: TrainingState) -> None:
+        """The test accuracy of the weights at the end of the epoch just closed, into its history, checkpointed."""
+        self._test_predictions = (state.step, self._predict_test())
+        state.history[-1]["test_accuracy"] = self._accuracy(self._test_predictions[1])
+        self._checkpoint(state)
 
     def _checkpoint(self, state: TrainingState) -> None:
         """Written only when every parameter is finite, so a named checkpoint can always be resumed."""

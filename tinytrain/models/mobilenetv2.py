@@ -39,7 +39,8 @@ class _Parameters:
         weight = self._tensor(f"{conv_key}.weight", shape)
         gamma, beta, mean, var = (self._tensor(f"{bn_key}.{name}", (shape[0],))
                                   for name in ("weight", "bias", "running_mean", "running_var"))
-        # Frozen BatchNorm as an affine map, folded: y = scale * (conv(x) - mean) + beta, scale = gamma / sqrt(var + eps)
+        # Frozen BatchNorm as an affine map, folded:
+        # y = scale * (conv(x) - mean) + beta, scale = gamma / sqrt(var + eps)
         scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + self.eps)
         folded_weight = weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
         folded_bias = beta - mean * scale
@@ -88,7 +89,8 @@ def build_mobilenetv2(num_classes: int = 10, resolution: int = 32, width_mult: f
             x = previous
             if expansion != 1:
                 weight, bias = parameters.conv(f"{block}.conv.0.0", f"{block}.conv.0.1", (hidden, channels, 1, 1))
-                layers.append(Pointwise(f"{block}.expand", (x,), f"{block}.expand", weight[:, :, 0, 0], bias, relu6=True))
+                layers.append(Pointwise(f"{block}.expand", (x,), f"{block}.expand", weight[:, :, 0, 0], bias,
+                                        relu6=True))
                 x, conv = f"{block}.expand", 1
             weight, bias = parameters.conv(f"{block}.conv.{conv}.0", f"{block}.conv.{conv}.1", (hidden, 1, 3, 3))
             layers.append(Depthwise(f"{block}.depthwise", (x,), f"{block}.depthwise", weight[:, 0], bias, stride=stride,
@@ -107,7 +109,8 @@ def build_mobilenetv2(num_classes: int = 10, resolution: int = 32, width_mult: f
             index += 1
     head_channels = make_divisible(HEAD_CHANNELS * max(1.0, width_mult))
     weight, bias = parameters.conv(f"features.{index}.0", f"features.{index}.1", (head_channels, channels, 1, 1))
-    layers.append(Pointwise(f"features.{index}", (previous,), f"features.{index}", weight[:, :, 0, 0], bias, relu6=True))
+    layers.append(Pointwise(f"features.{index}", (previous,), f"features.{index}", weight[:, :, 0, 0], bias,
+                            relu6=True))
     blocks[f"features.{index}"] = index
     layers.append(GlobalAvgPool("pool", (f"features.{index}",), "pool"))
     # A new head for the new task: N(0, 0.01) weights and zero bias, as torchvision initialises its classifier.
