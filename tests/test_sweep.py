@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import statistics
 import sys
 import threading
@@ -118,6 +119,15 @@ def test_without_ray_the_script_says_what_to_install(monkeypatch, tmp_path, caps
     assert load_script("sweep").main(["--grid", "policy=bias", "--output-dir", str(tmp_path / "sweep")]) == 1
     assert capsys.readouterr().err == ('error: sweeps run on Ray, which is not installed; install it with pip install '
                                        '-e ".[sweep]"\n')
+
+
+def test_an_address_where_no_cluster_answers_is_refused_before_anything_is_written(data_dir, tmp_path):
+    with socket.socket() as probe:  # a loopback port that nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(SweepError, match=f"--address 127.0.0.1:{port}: nothing answers there"):
+        run_sweep(grid_of(["policy=bias"]), tmp_path / "sweep", data_dir=data_dir, address=f"127.0.0.1:{port}")
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_help_explains_the_grid_format(capsys):

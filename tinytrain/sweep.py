@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +29,7 @@ INSTALL_HINT = "pip install -e \".[sweep]\""
 TRIAL_RUNTIME_ENV = {"env_vars": {"NUMBA_NUM_THREADS": "1"}}
 LOCAL_OBJECT_STORE_BYTES = 100 << 20  # trials exchange only their configurations and results
 DEFAULT_RETRIES = 3
+CONNECT_SECONDS = 10.0
 PROGRESS_SECONDS = 10.0  # between readings of the running trials' checkpoints for the bar
 STOP_CHECK_SECONDS = 0.5  # between looks at whether SIGINT or SIGTERM asked the sweep to stop
 PROGRESS_TRIALS_SHOWN = 3
@@ -99,6 +101,22 @@ def _error_text(error: Exception) -> str:
     return " ".join(str(cause if cause is not None else error).split())
 
 
+def check_reachable(address: str) -> None:
+    """SweepError unless something listens at a HOST:PORT `address` ("auto" finds a cluster started on this machine):
+    ray.init would otherwise retry an unreachable address for minutes."""
+    if address == "auto":
+        return
+    host, separator, port = address.rpartition(":")
+    if not separator or not port.isdigit():
+        raise SweepError(f"--address {address}: give the HOST:PORT of the cluster's head (ray start --head prints it), "
+                         "or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as error:
+        raise SweepError(f"--address {address}: nothing answers there ({error.strerror or error}); start the head "
+                         "with ray start --head, or leave out --address to run on this machine") from error
+
+
 def _connect(ray, address: str | None, num_cpus: int | None) -> bool:
     """Join the cluster at `address`, or start Ray here with `num_cpus` (default: every core); True if this call
     started the connection, which the sweep then closes."""
@@ -135,6 +153,8 @@ def run_sweep(trials: list[Trial], output_dir: str | Path, data_dir: str | Path 
     if not data_root.is_dir():
         raise SweepError(f"data folder {data_root} does not exist; give --data-dir or set TINYTRAIN_DATA to the folder "
                          "holding the weights and cifar10/")
+    if address is not None:
+        check_reachable(address)
     prepare_output_dir(output_dir)
     outcomes = {}
     for trial in trials:
