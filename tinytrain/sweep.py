@@ -123,7 +123,12 @@ def _connect(ray, address: str | None, num_cpus: int | None) -> bool:
     if ray.is_initialized():
         return False
     if address is not None:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        except (ConnectionError, ray.exceptions.RayError) as error:
+            raise SweepError(f"--address {address}: Ray could not join the cluster there ({error}); a cluster with "
+                             "token authentication needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token or "
+                             "RAY_AUTH_TOKEN) here too") from error
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  logging_level=logging.ERROR, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
