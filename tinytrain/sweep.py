@@ -1,8 +1,10 @@
 """Run a sweep's trials on Ray: one fine-tuning run per trial, one core each, retried from its checkpoint when its
 worker dies; a rerun skips the trials that finished and resumes the others.
 
-Ray places the trials (a task per trial, one CPU each); this module only submits them, waits and tabulates. Every
-trial writes to its own folder under the sweep's, which on a cluster must be a file system all nodes share."""
+Ray places the trials (a task per trial, one CPU each); this module only checks, submits and waits. Ray Tune's
+trial runner is not used: its checkpoints and experiment restore would duplicate the trainer's own checkpoints and
+resume, and it brings pandas and pyarrow. Every trial writes to its own folder under the sweep's, which on a cluster
+must be a file system all nodes share."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ INSTALL_HINT = "pip install -e \".[sweep]\""
 TRIAL_RUNTIME_ENV = {"env_vars": {"NUMBA_NUM_THREADS": "1"}}
 LOCAL_OBJECT_STORE_BYTES = 100 << 20  # trials exchange only their configurations and results
 DEFAULT_RETRIES = 3
-CONNECT_SECONDS = 10.0
+CONNECT_SECONDS = 10.0  # to try --address before handing it to Ray
 PROGRESS_SECONDS = 10.0  # between readings of the running trials' checkpoints for the bar
 STOP_CHECK_SECONDS = 0.5  # between looks at whether SIGINT or SIGTERM asked the sweep to stop
 PROGRESS_TRIALS_SHOWN = 3
