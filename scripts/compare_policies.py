@@ -45,8 +45,8 @@ def parse_args(argv):
                                                "and add it as the row 'dynamic, pruned'")
     parser.add_argument("--output-dir", default="runs/compare", help="one folder per policy, plus the tables")
     parser.add_argument("--data-dir", help="folder holding the weights and cifar10/ (default: $TINYTRAIN_DATA)")
-    parser.add_argument("--address", help="join the Ray cluster at this address instead of starting Ray here")
-    parser.add_argument("--cpus", type=int, help="without --address: policies trained at once (default: every core)")
+    parser.add_argument("--address", help="join the Ray cluster at this HOST:PORT (None: start Ray on this machine)")
+    parser.add_argument("--cpus", type=int, help="without --address: policies trained at once (None: one per core)")
     parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
                         help="times a policy whose worker or node died is restarted from its checkpoint")
     add_debug_flag(parser)

@@ -30,19 +30,20 @@ def parse_args(argv):
                     "any trial starts. Each trial trains in --output-dir/<field>-<value>_..., named from its grid "
                     "values, on one core with NUMBA_NUM_THREADS=1. A trial whose worker dies is retried from its "
                     "last checkpoint; rerunning the same command skips finished trials and resumes stopped ones. "
-                    f"Needs Ray: {INSTALL_HINT}.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    f"Needs Ray: {INSTALL_HINT}.")
     parser.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
                         help="a setting and the values to sweep (repeat for each setting)")
     parser.add_argument("--grid-file", metavar="JSON", help="a JSON object {field: [values]} to sweep")
-    parser.add_argument("--output-dir", default="runs/sweep", help="one folder per trial, plus sweep.md and sweep.json")
+    parser.add_argument("--output-dir", default="runs/sweep",
+                        help="one folder per trial, plus sweep.md and sweep.json (default: runs/sweep)")
     parser.add_argument("--data-dir", help="folder holding the weights and cifar10/, at the same path on every node "
                                            "(default: $TINYTRAIN_DATA, then the user cache)")
     parser.add_argument("--address", help="join the Ray cluster at this address (HOST:PORT of its head, or auto) "
                                           "instead of starting Ray on this machine")
     parser.add_argument("--cpus", type=int, help="without --address: trials run at once (default: every core)")
     parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
-                        help="times a trial whose worker or node died is restarted from its checkpoint")
+                        help="times a trial whose worker or node died is restarted from its checkpoint (default: "
+                             f"{DEFAULT_RETRIES})")
     add_debug_flag(parser)
     return parser.parse_args(argv)
 
