@@ -38,6 +38,9 @@ def parse_args(argv):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", help="a pruned model file written by scripts/prune_model.py (default: the "
                                         "pretrained MobileNetV2-1.0); --ratio is then a fraction of its conv weights")
+    parser.add_argument("--weights", metavar="PATH.tflite",
+                        help="start from the MobileNetV2-1.0 in this .tflite (int8 dequantized, or float32), the "
+                             "model a device already runs, instead of the TF-slim ImageNet weights")
     parser.add_argument("--dataset", metavar="PATH",
                         help="train on your own images instead of CIFAR-10: a folder or .tar/.tar.gz archive of "
                              "<class>/<image> folders (split at random, see --test-fraction) or of "
@@ -97,7 +100,8 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     config = TrainConfig(
-        model=args.model, dataset=args.dataset, test_fraction=args.test_fraction, policy=args.policy, ratio=args.ratio,
+        model=args.model, weights=args.weights, dataset=args.dataset, test_fraction=args.test_fraction,
+        policy=args.policy, ratio=args.ratio,
         last_k=args.last_k, first_block=args.first_block,
         ratio_decay=args.ratio_decay, bias_from_block=args.bias_from_block,
         resolution=args.resolution, arena_bytes=args.arena_bytes, epochs=args.epochs, micro_batch=args.micro_batch,

@@ -9,10 +9,9 @@ from pathlib import Path
 from tinytrain.checkpoint import load_trained_model
 from tinytrain.cli import add_debug_flag, run_script
 from tinytrain.data import Augmenter
-from tinytrain.tflite.agreement import ModelMismatch, describe, measure_agreement, measure_inference_arena
-from tinytrain.tflite.packages import MissingPackageError, require
+from tinytrain.tflite.agreement import describe, measure_agreement, measure_inference_arena
+from tinytrain.tflite.packages import require
 from tinytrain.tflite.run_data import load_run_split
-from tinytrain.tflite.runtimes import RuntimeLoadError
 
 
 def parse_args(argv):
@@ -47,23 +46,19 @@ def main(argv=None) -> int:
     args = parse_args(argv)
 
     def body() -> int:
-        try:
-            require("tflite_micro")
-            require("ai_edge_litert")
-            model = load_trained_model(args.checkpoint)
-            test = load_run_split(model.config, "test", model.graph.input_shape[1], args.data_dir,
-                                  progress=not args.no_progress)
-            for path in args.model:
-                flatbuffer = path.read_bytes()
-                samples = Augmenter(test.images[:args.images], test.labels[:args.images], model.graph.input_shape[1],
-                                    shuffle=False)
-                agreement = measure_agreement(model.graph, flatbuffer, samples.epoch(0), len(samples),
-                                              progress=not args.no_progress)
-                arena = measure_inference_arena(model.graph, flatbuffer, model.memory_schedule)
-                print(describe(str(path), agreement, arena))
-        except (MissingPackageError, ModelMismatch, RuntimeLoadError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+        require("tflite_micro")
+        require("ai_edge_litert")
+        model = load_trained_model(args.checkpoint)
+        test = load_run_split(model.config, "test", model.graph.input_shape[1], args.data_dir,
+                              progress=not args.no_progress)
+        for path in args.model:
+            flatbuffer = path.read_bytes()
+            samples = Augmenter(test.images[:args.images], test.labels[:args.images], model.graph.input_shape[1],
+                                shuffle=False)
+            agreement = measure_agreement(model.graph, flatbuffer, samples.epoch(0), len(samples),
+                                          progress=not args.no_progress)
+            arena = measure_inference_arena(model.graph, flatbuffer, model.memory_schedule)
+            print(describe(str(path), agreement, arena))
         return 0
 
     return run_script(body, args.debug)

@@ -16,3 +16,9 @@ def data_dir() -> Path:
     if os.environ.get("CI") == "true":
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache for the session, so that CIFAR-10's JPEG archive is decoded once for every test that loads it."""
+    return tmp_path_factory.mktemp("cache")

@@ -5,9 +5,9 @@ import numpy as np
 from tinytrain.data import load_cifar10, load_exact_subset
 
 
-def test_exact_images_are_the_test_images_at_their_positions(data_dir, tmp_path):
+def test_exact_images_are_the_test_images_at_their_positions(data_dir, cache_dir):
     subset = load_exact_subset(data_dir)
-    test = load_cifar10("test", data_dir=data_dir, cache_dir=tmp_path, progress=False)
+    test = load_cifar10("test", data_dir=data_dir, cache_dir=cache_dir, progress=False)
     assert subset.images.shape == (len(subset.index), 32, 32, 3) and subset.images.dtype == np.uint8
     assert np.all(np.diff(subset.index) > 0)
     np.testing.assert_array_equal(subset.labels, test.labels[subset.index])

@@ -40,11 +40,18 @@ def finetune_cifar():
     ({"momentum": 1.0}, "--momentum 1.0"),
     ({"resolution": 8}, "--resolution 8"),
     ({"policy": "sparse"}, "--policy sparse"),
+    ({"weights": "model.tflite", "model": "pruned.h5"}, "--weights model.tflite"),
 ])
 def test_a_bad_value_fails_before_any_data_or_weights_are_read(tmp_path, change, flag):
     config = replace(TrainConfig(train_subset=1000), **change)
     # the data folder does not exist: reaching the loaders would raise DataNotFoundError or WeightsNotFoundError
     with pytest.raises(ConfigError, match=f"^{flag}: must be"):
+        Trainer(config, tmp_path / "run", data_dir=tmp_path / "no-data")
+
+
+def test_a_missing_weights_file_fails_before_any_data_is_read(tmp_path):
+    config = TrainConfig(weights=str(tmp_path / "absent.tflite"))
+    with pytest.raises(ConfigError, match="--weights .*absent.tflite: no such file; give the path of a MobileNetV2"):
         Trainer(config, tmp_path / "run", data_dir=tmp_path / "no-data")
 
 

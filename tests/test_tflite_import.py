@@ -78,3 +78,13 @@ def test_a_file_that_is_not_tflite_or_is_truncated_is_refused_in_one_line(data_d
     truncated = tmp_path / "truncated.tflite"
     truncated.write_bytes((data_dir / INT8_MODEL).read_bytes()[:100_000])
     assert "truncated or corrupt" in one_line_error(truncated)
+
+
+def test_fine_tuning_starts_from_the_tflite_weights_given_by_weights(data_dir, cache_dir, tmp_path):
+    from tinytrain.train import TrainConfig, Trainer
+
+    config = TrainConfig(weights=str(data_dir / INT8_MODEL), resolution=32, train_subset=10, test_subset=10)
+    trainer = Trainer(config, tmp_path / "run", data_dir=data_dir, cache_dir=cache_dir, progress=False)
+    expected = build_mobilenetv2(resolution=32, weights=import_tflite(data_dir / INT8_MODEL))
+    for ours, theirs in zip(trainer.graph.weighted_layers[:-1], expected.weighted_layers[:-1]):  # not the new head
+        np.testing.assert_array_equal(ours.weight, theirs.weight, err_msg=ours.name)

@@ -16,11 +16,6 @@ from tinytrain.pruned_model import save_pruned
 from tinytrain.train import ConfigError, RunAlreadyFinished, TrainConfig, Trainer
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
 def make_trainer(config, output_dir, data_dir, cache_dir, resume=False):
     return Trainer(config, output_dir, data_dir=data_dir, cache_dir=cache_dir, progress=False, resume=resume)
 

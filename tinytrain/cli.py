@@ -14,12 +14,16 @@ from tinytrain.data.errors import DataError
 from tinytrain.divergence import TrainingDiverged
 from tinytrain.interrupt import TrainingInterrupted
 from tinytrain.pruned_model import PrunedModelError
+from tinytrain.tflite.agreement import ModelMismatch
+from tinytrain.tflite.convert import ExportError
+from tinytrain.tflite.packages import MissingPackageError
+from tinytrain.tflite.runtimes import RuntimeLoadError
 from tinytrain.train import ConfigError
 from tinytrain.weights.errors import WeightsError
 
 # Each of these carries a message that names the file or setting and says what to do.
-EXPECTED_ERRORS = (ArenaOverflow, CheckpointError, ConfigError, DataError, PrunedModelError, TrainingDiverged,
-                   WeightsError)
+EXPECTED_ERRORS = (ArenaOverflow, CheckpointError, ConfigError, DataError, ExportError, MissingPackageError,
+                   ModelMismatch, PrunedModelError, RuntimeLoadError, TrainingDiverged, WeightsError)
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:

@@ -30,11 +30,13 @@ from tinytrain.pruned_model import load_pruned
 from tinytrain.results import ExactSubsetAccuracy, RunResults
 from tinytrain.sparse import POLICIES, Coverage, Policy, conv_weight_fraction, make_policy
 from tinytrain.weights import load_pretrained
+from tinytrain.weights.tflite import import_tflite
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     model: str | None = None  # a pruned model file (scripts/prune_model.py); None: pretrained MobileNetV2-1.0
+    weights: str | None = None  # a MobileNetV2-1.0 .tflite to start from (weights/tflite.py); None: TF-slim ImageNet
     dataset: str | None = None  # an image folder or archive (data/folder_dataset.py); None: CIFAR-10
     test_fraction: float | None = None  # a dataset without its own test split: held out for testing (None: 0.2)
     policy: str = "dynamic"
@@ -130,6 +132,8 @@ def validate_config(config: TrainConfig, split_sizes: dict[str, int] | None = No
         else:
             _require(value is None or 1 <= value <= split_sizes[split], field, value,
                      f"in 1..{split_sizes[split]:,} (the {split} images of {source}), or left out for all")
+    _require(config.weights is None or config.model is None, "weights", config.weights,
+             "left out with --model, which brings its own weights")
     _require(config.seed >= 0, "seed", config.seed, "0 or more")
     _require(config.checkpoint_every >= 1, "checkpoint_every", config.checkpoint_every, "at least 1")
     # Micro-batches never straddle an epoch or a checkpoint, so a resumed run starts on a batch boundary.
@@ -193,8 +197,12 @@ class Trainer:
             self._scan_dataset()
         if resume:
             self._check_resume()
+        if config.weights is not None and not Path(config.weights).is_file():
+            raise ConfigError(f"--weights {config.weights}: no such file; give the path of a MobileNetV2-1.0 .tflite, "
+                              "or leave --weights out for the ImageNet weights")
         if config.model is None:
-            weights = load_pretrained(data_dir=self.data_root, cache_dir=cache_dir)
+            weights = (load_pretrained(data_dir=self.data_root, cache_dir=cache_dir) if config.weights is None
+                       else import_tflite(config.weights))
             self.graph = build_mobilenetv2(num_classes=len(self.class_names), resolution=config.resolution,
                                            weights=weights, seed=config.seed)
         else:
