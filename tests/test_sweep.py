@@ -3,7 +3,6 @@ checkpoint to the results of an uninterrupted one, a rerun skips finished trials
 
 import importlib.util
 import json
-import logging
 import os
 import signal
 import socket
@@ -19,7 +18,7 @@ import pytest
 from tinytrain.checkpoint import read_progress
 from tinytrain.data import load_cifar10
 from tinytrain.policy_comparison import comparison_trials
-from tinytrain.sweep import SweepError, failure_report, run_sweep
+from tinytrain.sweep import SweepError, failure_report, run_sweep, start_local_ray
 from tinytrain.sweep_grid import GridError, Trial, grid_trials, parse_grid_arguments, read_grid_file
 from tinytrain.sweep_summary import MEASURES, TrialOutcome, markdown_table, summarize, write_summary
 from tinytrain.train import TrainConfig
@@ -48,8 +47,7 @@ def local_ray(data_dir):
 
     load_cifar10("train", data_dir=data_dir, progress=False)
     load_cifar10("test", data_dir=data_dir, progress=False)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-             object_store_memory=100 << 20)
+    start_local_ray(ray, num_cpus=2)
     yield ray
     ray.shutdown()
 

@@ -132,9 +132,16 @@ def _connect(ray, address: str | None, num_cpus: int | None) -> bool:
                              "token authentication needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token or "
                              "RAY_AUTH_TOKEN) here too") from error
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+        start_local_ray(ray, num_cpus or os.cpu_count())
     return True
+
+
+def start_local_ray(ray, num_cpus: int) -> None:
+    """Ray on this machine alone, quiet, with a small object store, and reporting no usage statistics unless
+    RAY_USAGE_STATS_ENABLED asks for them (a local sweep has no business on the network)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             object_store_memory=LOCAL_OBJECT_STORE_BYTES)
 
 
 def run_sweep(trials: list[Trial], output_dir: str | Path, data_dir: str | Path | None = None,
