@@ -90,9 +90,10 @@ class Engine:
         """`wgrad_tile_bytes`: compute and apply each weight gradient in tiles of output rows of at most this many
         bytes (at least one row), instead of all at once; the result is identical, the wgrad peak is bounded.
         `memory_schedule`: patches and in-place depthwise convs (see MemorySchedule); the same numbers.
-        `plan_offsets`: the first step of each shape is rehearsed in a large arena, and its offsets are planned
-        from the lifetimes it recorded (placement.py); every later step of that shape takes them. False:
-        first-fit at run time. Micro-batches always run first-fit."""
+        `plan_offsets`: the first step of each shape is rehearsed in a large arena and planned into its step table
+        (step_table.py); every later step of that shape takes its offsets, and in an arena that keeps no trace
+        replays the first one's kernel calls (recorded_step.py, `replays_steps`). False: first-fit at run time,
+        every step in full. Micro-batches always run first-fit."""
         if wgrad_tile_bytes is not None and wgrad_tile_bytes <= 0:
             raise ValueError(f"wgrad_tile_bytes must be positive, got {wgrad_tile_bytes}")
         self.graph = graph
@@ -640,7 +641,7 @@ class Engine:
         if not self.plan_offsets or key is None:
             yield
             return
-        table, offsets = self._planned(key, rehearsal)
+        _, offsets = self._planned(key, rehearsal)
         self.arena.use_placement(offsets)
         try:
             yield
