@@ -81,6 +81,9 @@ def parse_args(argv):
     parser.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay, help="SGD weight decay")
     parser.add_argument("--warmup-steps", type=int, default=DEFAULTS.warmup_steps,
                         help="steps of linear learning-rate warm-up before the cosine decay")
+    parser.add_argument("--label-smoothing", type=float, default=DEFAULTS.label_smoothing,
+                        help="the loss's target puts 1 - this on the image's class and this / classes on every class "
+                             "(Szegedy et al. 2016); 0: plain cross-entropy")
     parser.add_argument("--no-augment", action="store_true", help="no random crop (4-pixel padding) and flip")
     parser.add_argument("--train-subset", type=int, help="train on this many images (a fixed random subset)")
     parser.add_argument("--test-subset", type=int, help="evaluate on the first this many test images")
@@ -106,7 +109,7 @@ def main(argv=None) -> int:
         ratio_decay=args.ratio_decay, bias_from_block=args.bias_from_block,
         resolution=args.resolution, arena_bytes=args.arena_bytes, epochs=args.epochs, micro_batch=args.micro_batch,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-        augment=not args.no_augment, train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed,
+        label_smoothing=args.label_smoothing, augment=not args.no_augment, train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed,
         checkpoint_every=args.checkpoint_every)
     return run_script(lambda: train(config, args), args.debug)
 

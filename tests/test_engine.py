@@ -125,6 +125,20 @@ def test_sgd_step_changes_weights_like_torch_sgd(cifar_image):
                                        rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def test_label_smoothed_step_gradients_match_autograd(cifar_image):
+    graph = build_mobilenetv2(resolution=32, width_mult=0.35, seed=3)
+    x = preprocess(cifar_image, graph)
+    reference_loss, reference = TorchGraph(graph).gradients(x, label=7, label_smoothing=0.1)
+    plain = Engine(graph, Arena(BIG_ARENA)).train_step(x, 7, UpdatePlan.dense(graph), SGD(lr=0.0))
+    result, ours = collect_gradients(Engine(graph, Arena(BIG_ARENA), label_smoothing=0.1), x, 7,
+                                     UpdatePlan.dense(graph), SGD(lr=0.0))
+    assert result.loss == pytest.approx(reference_loss, rel=1e-5)
+    assert result.loss != pytest.approx(plain.loss, rel=1e-3)
+    for name, (gradient, rows, cols) in ours.items():
+        expected = as_parameter_slice(graph, name, reference[name], rows, cols)
+        assert relative_error(gradient, expected) < 1e-4, name
+
+
 def test_weight_gradient_tiles_bound_the_wgrad_peak_and_change_nothing(cifar_image):
     graph = build_mobilenetv2(resolution=32, width_mult=0.35, seed=3)
     plan = UpdatePlan.dense(graph)

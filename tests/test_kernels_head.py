@@ -68,38 +68,45 @@ def test_linear_matches_torch(n_in, n_out):
 def test_cross_entropy_by_hand():
     # Equal logits: softmax is uniform, loss = log K, dlogits = 1/K - onehot.
     probs = unwritten(4)
-    loss = softmax_cross_entropy_forward(probs, np.zeros(4, dtype=np.float32), 2)
+    loss = softmax_cross_entropy_forward(probs, np.zeros(4, dtype=np.float32), 2, 0.0)
     assert loss == pytest.approx(np.log(4))
     np.testing.assert_allclose(probs, 0.25)
     dlogits = unwritten(4)
-    softmax_cross_entropy_backward(dlogits, probs, 2)
+    softmax_cross_entropy_backward(dlogits, probs, 2, 0.0)
     np.testing.assert_allclose(dlogits, [0.25, 0.25, -0.75, 0.25])
+    # Smoothing 0.4 over 4 classes: the target is 0.1 everywhere plus 0.6 on the label; uniform probs keep log 4.
+    assert softmax_cross_entropy_forward(probs, np.zeros(4, dtype=np.float32), 2, 0.4) == pytest.approx(np.log(4))
+    softmax_cross_entropy_backward(dlogits, probs, 2, 0.4)
+    np.testing.assert_allclose(dlogits, [0.15, 0.15, -0.45, 0.15])
 
 
-@pytest.mark.parametrize("scale, label", [(1.0, 0), (3.0, 9), (1000.0, 4)])
-def test_cross_entropy_matches_torch(scale, label):
+@pytest.mark.parametrize("scale, label, smoothing", [(1.0, 0, 0.0), (3.0, 9, 0.0), (1000.0, 4, 0.0), (3.0, 9, 0.1),
+                                                     (1000.0, 4, 0.2)])
+def test_cross_entropy_matches_torch(scale, label, smoothing):
     # scale 1000: exp(logits) would overflow float32 without the max subtraction.
     rng = np.random.default_rng(22)
     logits = (scale * rng.standard_normal(10)).astype(np.float32)
     logits_torch = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
-    expected = F.cross_entropy(logits_torch[None], torch.tensor([label]))
+    expected = F.cross_entropy(logits_torch[None], torch.tensor([label]), label_smoothing=smoothing)
     expected.backward()
 
     probs, dlogits = unwritten(10), unwritten(10)
-    loss = softmax_cross_entropy_forward(probs, logits, label)
+    loss = softmax_cross_entropy_forward(probs, logits, label, smoothing)
     assert isinstance(loss, float)
     assert loss == pytest.approx(expected.item(), rel=1e-5, abs=1e-5)
     np.testing.assert_allclose(probs, torch.softmax(logits_torch, 0).detach().numpy(), **TOLERANCE)
-    softmax_cross_entropy_backward(dlogits, probs, label)
+    softmax_cross_entropy_backward(dlogits, probs, label, smoothing)
     np.testing.assert_allclose(dlogits, logits_torch.grad.numpy(), **TOLERANCE)
 
 
-def test_cross_entropy_central_differences():
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5])
+def test_cross_entropy_central_differences(smoothing):
     rng = np.random.default_rng(23)
     logits, probs, label = rng.standard_normal(6), np.zeros(6), 3
     dlogits = np.zeros(6)
-    _softmax_cross_entropy_forward(probs, logits, label)
-    _softmax_cross_entropy_backward(dlogits, probs, label)
+    _softmax_cross_entropy_forward(probs, logits, label, smoothing)
+    _softmax_cross_entropy_backward(dlogits, probs, label, smoothing)
     # Not linear: the central-difference error is O(eps^2) ~ 1e-12, far below the tolerance.
-    np.testing.assert_allclose(dlogits, numerical_gradient(lambda: _softmax_cross_entropy_forward(probs, logits, label),
-                                                           logits), rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(
+        dlogits, numerical_gradient(lambda: _softmax_cross_entropy_forward(probs, logits, label, smoothing), logits),
+        rtol=1e-7, atol=1e-8)

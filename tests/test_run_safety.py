@@ -12,7 +12,7 @@ import pytest
 from tinytrain.checkpoint import TrainingState, save_checkpoint
 from tinytrain.cpu import thread_contention_warning
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
-from tinytrain.train import ConfigError, TrainConfig, Trainer
+from tinytrain.train import ConfigError, TrainConfig, Trainer, config_differences
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "finetune_cifar.py"
 
@@ -38,6 +38,7 @@ def finetune_cifar():
     ({"lr": float("nan")}, "--lr nan"),
     ({"lr": float("inf")}, "--lr inf"),
     ({"momentum": 1.0}, "--momentum 1.0"),
+    ({"label_smoothing": 1.0}, "--label-smoothing 1.0"),
     ({"resolution": 8}, "--resolution 8"),
     ({"policy": "sparse"}, "--policy sparse"),
     ({"weights": "model.tflite", "model": "pruned.h5"}, "--weights model.tflite"),
@@ -77,6 +78,14 @@ def test_resume_needs_a_checkpoint_and_names_every_setting_that_changed(tmp_path
     with pytest.raises(ConfigError, match=r"other settings: lr: 0.001 in the checkpoint, 0.01 now; "
                                           r"seed: 0 in the checkpoint, 3 now\. Resume with the run's own flags"):
         Trainer(changed, tmp_path, data_dir=tmp_path / "no-data", resume=True)
+
+
+def test_a_setting_newer_than_the_checkpoint_counts_at_its_default():
+    saved = asdict(TrainConfig(resolution=32))
+    del saved["label_smoothing"]
+    assert config_differences(saved, TrainConfig(resolution=32)) == []
+    assert config_differences(saved, TrainConfig(resolution=32, label_smoothing=0.1)) == [
+        "label-smoothing: 0.0 in the checkpoint, 0.1 now"]
 
 
 def test_a_new_run_never_overwrites_the_checkpoint_of_another(tmp_path):

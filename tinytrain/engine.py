@@ -86,14 +86,18 @@ class Engine:
     """Runs steps of one graph in one arena; every tensor of a step is allocated and freed there."""
 
     def __init__(self, graph: Graph, arena: Arena, wgrad_tile_bytes: int | None = None,
-                 memory_schedule: MemorySchedule = LAYER_BY_LAYER, plan_offsets: bool = True):
+                 memory_schedule: MemorySchedule = LAYER_BY_LAYER, plan_offsets: bool = True,
+                 label_smoothing: float = 0.0):
         """`wgrad_tile_bytes`: compute and apply each weight gradient in tiles of output rows of at most this many
         bytes (at least one row), instead of all at once; the result is identical, the wgrad peak is bounded.
         `memory_schedule`: patches and in-place depthwise convs (see MemorySchedule); the same numbers.
         `plan_offsets`: the first step of each shape is rehearsed in a large arena and planned into its step table
         (step_table.py); every later step of that shape takes its offsets, and in an arena that keeps no trace
         replays the first one's kernel calls (recorded_step.py, `replays_steps`). False: first-fit at run time,
-        every step in full. Micro-batches always run first-fit."""
+        every step in full. Micro-batches always run first-fit. `label_smoothing`: the training loss's target puts
+        1 - label_smoothing on the label and label_smoothing / classes on every class."""
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if wgrad_tile_bytes is not None and wgrad_tile_bytes <= 0:
             raise ValueError(f"wgrad_tile_bytes must be positive, got {wgrad_tile_bytes}")
         self.graph = graph
@@ -101,6 +105,7 @@ class Engine:
         self.wgrad_tile_bytes = wgrad_tile_bytes
         self.memory_schedule = memory_schedule
         self.plan_offsets = plan_offsets
+        self.label_smoothing = label_smoothing
         self.op_log: OpLog | None = None  # set to OpLog(arena) to record what each op reads and writes
         self.call_timer = None  # set to a step_profile.CallTimer to time each call of the recorded steps
         self._written: list[int] = []  # tensors there before the current op that it writes into (its op log)
@@ -443,14 +448,14 @@ class Engine:
         return dlogits
 
     def _loss_forward(self, probs: np.ndarray, logits: np.ndarray) -> None:
-        loss = float(softmax_cross_entropy_forward(probs, logits, self._label))
+        loss = float(softmax_cross_entropy_forward(probs, logits, self._label, self.label_smoothing))
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"loss is {loss} (label {self._label}); lower the learning rate or check the input "
                                 "data")
         self._result = StepResult(loss, int(np.argmax(logits)))
 
     def _loss_backward(self, dlogits: np.ndarray, probs: np.ndarray) -> None:
-        softmax_cross_entropy_backward(dlogits, probs, self._label)
+        softmax_cross_entropy_backward(dlogits, probs, self._label, self.label_smoothing)
 
     # ----------------------------------------------------------------------------------------------------
     # the op log (memory plan export)

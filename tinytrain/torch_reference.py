@@ -83,9 +83,11 @@ class TorchGraph:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x, keep_all=False)[self.graph.output_name]
 
-    def gradients(self, image: np.ndarray, label: int) -> tuple[float, dict[str, np.ndarray]]:
+    def gradients(self, image: np.ndarray, label: int,
+                  label_smoothing: float = 0.0) -> tuple[float, dict[str, np.ndarray]]:
         """Loss and d loss / d parameter, in tinytrain's parameter shapes, for one preprocessed (C, H, W) sample."""
-        loss = F.cross_entropy(self.logits(torch.tensor(image[None])), torch.tensor([label]))
+        loss = F.cross_entropy(self.logits(torch.tensor(image[None])), torch.tensor([label]),
+                               label_smoothing=label_smoothing)
         loss.backward()
         return loss.item(), {name: p.grad.numpy().reshape(self._tinytrain_shape(name)).copy()
                              for name, p in self.parameters.items() if p.grad is not None}

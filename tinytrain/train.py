@@ -55,6 +55,7 @@ class TrainConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     warmup_steps: int = 500
+    label_smoothing: float = 0.0  # the loss's target: 1 - this on the label, this / classes on every class
     augment: bool = True
     train_subset: int | None = None
     test_subset: int | None = None
@@ -120,6 +121,7 @@ def validate_config(config: TrainConfig, split_sizes: dict[str, int] | None = No
     _require(math.isfinite(config.weight_decay) and config.weight_decay >= 0, "weight_decay", config.weight_decay,
              "0 or a positive, finite number")
     _require(config.warmup_steps >= 0, "warmup_steps", config.warmup_steps, "0 or more")
+    _require(0 <= config.label_smoothing < 1, "label_smoothing", config.label_smoothing, "in [0, 1)")
     _require(config.test_fraction is None or (math.isfinite(config.test_fraction) and 0 < config.test_fraction < 1),
              "test_fraction", config.test_fraction, "a fraction in (0, 1)")
     _require(config.test_fraction is None or config.dataset is not None, "test_fraction", config.test_fraction,
@@ -159,8 +161,10 @@ def prepare_output_dir(output_dir: Path) -> None:
 
 
 def config_differences(saved: dict, config: TrainConfig) -> list[str]:
-    """'key: saved in the checkpoint, current now' for every setting that differs from a checkpoint's."""
+    """'key: saved in the checkpoint, current now' for every setting that differs from a checkpoint's. A setting
+    newer than the checkpoint counts as saved at its default."""
     current = asdict(config)
+    saved = {**asdict(TrainConfig()), **saved}
     return [f"{key.replace('_', '-')}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
             for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
 
@@ -229,7 +233,8 @@ class Trainer:
                                        shuffle=True, subset=config.train_subset, seed=config.seed,
                                        padding=train.images.shape[1] // 8)
         self.arena = Arena(config.arena_bytes, tracing=False)
-        self.engine = Engine(self.graph, self.arena, memory_schedule=self.memory_schedule)
+        self.engine = Engine(self.graph, self.arena, memory_schedule=self.memory_schedule,
+                             label_smoothing=config.label_smoothing)
         self.coverage = Coverage(self.graph)
         self.last_good_checkpoint: int | None = None  # step of the newest checkpoint verified finite
         self._test_predictions: tuple[int, np.ndarray] | None = None  # (step, predictions) of the last evaluation
