@@ -16,8 +16,7 @@ from tinytrain import paths
 from tinytrain.arena import DEFAULT_CAPACITY, Arena
 from tinytrain.budget import fit_schedule
 from tinytrain.checkpoint import EpochSums, TrainingState, load_checkpoint, read_progress, save_checkpoint
-from tinytrain.data import (DEFAULT_TEST_FRACTION, LABEL_NAMES, Augmenter, Dataset, load_cifar10, load_exact_subset,
-                            scan_folder_dataset)
+from tinytrain.data import LABEL_NAMES, Augmenter, Dataset, load_cifar10, load_exact_subset, scan_folder_dataset
 from tinytrain.divergence import DivergenceMonitor, TrainingDiverged, non_finite_parameters
 from tinytrain.engine import SGD, Engine, MicroBatch, NonFiniteLoss
 from tinytrain.evaluation import confusion_matrix, per_class_accuracy
@@ -242,7 +241,7 @@ class Trainer:
     def _scan_dataset(self) -> None:
         """List and check the --dataset folder, and the flags that depend on its size, before anything is decoded."""
         config = self.config
-        self.folder = scan_folder_dataset(config.dataset, config.test_fraction or DEFAULT_TEST_FRACTION, config.seed,
+        self.folder = scan_folder_dataset(config.dataset, config.test_fraction, config.seed,
                                           self.progress)
         if self.folder.has_own_split and config.test_fraction is not None:
             raise ConfigError(f"--test-fraction {config.test_fraction}: {config.dataset} has its own train/ and test/ "

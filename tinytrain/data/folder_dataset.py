@@ -44,12 +44,15 @@ class FolderDataset:
         return Dataset(images, labels, self.class_names, f"image folder {self.path}, {self.split_description}")
 
 
-def scan_folder_dataset(path: str | Path, test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0,
+def scan_folder_dataset(path: str | Path, test_fraction: float | None = None, seed: int = 0,
                         progress: bool = True) -> FolderDataset:
     """List the folder or archive at `path` and check its layout (see the module docstring). Without train/ and
     test/ folders, round(test_fraction * n) of a class's n images, at least 1, go to the test split, drawn from
-    `seed`. Raises DataNotFoundError, or DataFormatError saying what is wrong and how to fix it."""
+    `seed` (None: DEFAULT_TEST_FRACTION). Raises DataNotFoundError, or DataFormatError saying what is wrong and how
+    to fix it."""
     path = Path(path)
+    if test_fraction is None:
+        test_fraction = DEFAULT_TEST_FRACTION
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     images, folders = list_images(path, progress)

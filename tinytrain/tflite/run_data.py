@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tinytrain.data import DEFAULT_TEST_FRACTION, Dataset, load_cifar10, scan_folder_dataset
+from tinytrain.data import Dataset, load_cifar10, scan_folder_dataset
 
 
 def load_run_split(config: dict, split: str, resolution: int, data_dir: str | Path | None = None,
@@ -14,6 +14,5 @@ def load_run_split(config: dict, split: str, resolution: int, data_dir: str | Pa
     looked for in `data_dir` (else $TINYTRAIN_DATA, else the user cache). A folder is split as the run split it."""
     if config.get("dataset") is None:
         return load_cifar10(split, data_dir=data_dir, progress=progress)
-    folder = scan_folder_dataset(config["dataset"], config.get("test_fraction") or DEFAULT_TEST_FRACTION,
-                                 config.get("seed", 0), progress)
+    folder = scan_folder_dataset(config["dataset"], config.get("test_fraction"), config.get("seed", 0), progress)
     return folder.load(split, resolution, progress=progress)
