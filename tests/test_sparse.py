@@ -160,6 +160,26 @@ def test_coverage_grows_to_all_weights_of_the_trained_layers():
     assert fractions[-1] > 0.99
 
 
+@pytest.mark.parametrize("policy_name", ["dynamic", "static", "dense"])
+def test_coverage_marks_exactly_the_updated_weights(policy_name):
+    graph = small_model()
+    policy = make_policy(policy_name, graph, seed=1)
+    coverage = Coverage(graph)
+    expected = {}
+    for step in range(5):
+        plan = policy.plan(step, 0)
+        coverage.record(plan)
+        for name, update in plan.updates.items():
+            layer = graph.layer(name)
+            if update.trains_weight and layer.is_convolution:
+                marks = expected.setdefault(name, np.zeros(layer.weight_rows_cols.shape[:2], dtype=bool))
+                for row in update.out_channels:
+                    marks[row, [0] if layer.selects_input_by_output else update.in_channels] = True
+    assert expected.keys() == coverage.touched.keys()
+    for name, marks in expected.items():
+        np.testing.assert_array_equal(coverage.touched[name], marks, err_msg=name)
+
+
 def test_bias_from_block_trains_biases_only_and_adds_no_conv_weights(image):
     graph = small_model()
     plain = make_policy("dynamic", graph, seed=3).plan(0, 0)
