@@ -236,7 +236,7 @@ class Trainer:
                              label_smoothing=config.label_smoothing)
         self.coverage = Coverage(self.graph)
         self.last_good_checkpoint: int | None = None  # step of the newest checkpoint verified finite
-        self._test_predictions: tuple[int, np.ndarray] | None = None  # (step, predictions) of the last evaluation
+        self._last_test_logits: tuple[int, np.ndarray] | None = None  # (step, (N, classes)) of the last evaluation
 
     def _scan_dataset(self) -> None:
         """List and check the --dataset folder, and the flags that depend on its size, before anything is decoded."""
@@ -355,8 +355,8 @@ class Trainer:
 
     def _test_epoch(self, state: TrainingState) -> None:
         """The test accuracy of the weights at the end of the epoch just closed, into its history, checkpointed."""
-        self._test_predictions = (state.step, self._predict_test())
-        state.history[-1]["test_accuracy"] = self._accuracy(self._test_predictions[1])
+        self._last_test_logits = (state.step, self._test_logits())
+        state.history[-1]["test_accuracy"] = self._accuracy(np.argmax(self._last_test_logits[1], axis=1))
         self._checkpoint(state)
 
     def _checkpoint(self, state: TrainingState) -> None:
@@ -376,23 +376,30 @@ class Trainer:
     def predict(self, images: np.ndarray, labels: np.ndarray, desc: str, mirrored: bool = False) -> np.ndarray:
         """(N,) the predicted class of each image, resized as the test images are. `mirrored`: from the logits of
         the image and of its mirror image (left-right) summed, as training's random flips see both."""
+        logits = self.logits(images, labels, desc)
+        if mirrored:
+            logits += self.logits(images, labels, f"{desc}, mirrored", mirror=True)
+        return np.argmax(logits, axis=1)
+
+    def logits(self, images: np.ndarray, labels: np.ndarray, desc: str, mirror: bool = False) -> np.ndarray:
+        """(N, classes) the logits of each image (`mirror`: of its mirror image), resized as the test images are."""
         batches = Augmenter(images, labels, self.config.resolution, augment=False, shuffle=False)
-        predictions = np.empty(len(batches), dtype=np.int64)
+        logits = np.empty((len(batches), self.graph.num_classes), dtype=np.float32)
         for position, (image, _) in enumerate(tqdm(batches.epoch(0), total=len(batches), desc=desc, unit="img",
                                                    disable=not self.progress)):
-            logits = self.engine.infer(image)[self.graph.output_name]  # (classes,) a host copy
-            if mirrored:
-                logits += self.engine.infer(np.ascontiguousarray(image[:, ::-1]))[self.graph.output_name]
-            predictions[position] = np.argmax(logits)
-        return predictions
+            if mirror:
+                image = np.ascontiguousarray(image[:, ::-1])  # (H, W, C) left-right
+            logits[position] = self.engine.infer(image)[self.graph.output_name]
+        return logits
 
     @property
     def _test_count(self) -> int:
         return self.config.test_subset or len(self.test.labels)
 
-    def _predict_test(self) -> np.ndarray:
+    def _test_logits(self, mirror: bool = False) -> np.ndarray:
         count = self._test_count
-        return self.predict(self.test.images[:count], self.test.labels[:count], "test")
+        return self.logits(self.test.images[:count], self.test.labels[:count], "test, mirrored" if mirror else "test",
+                           mirror)
 
     def _accuracy(self, predictions: np.ndarray) -> float:
         return float(np.mean(predictions == self.test.labels[:len(predictions)]))
@@ -400,9 +407,10 @@ class Trainer:
     def _results(self, state: TrainingState) -> RunResults:
         count = self._test_count
         # the last epoch's evaluation, unless that epoch ended in an earlier session of a resumed run
-        step, predictions = self._test_predictions or (None, None)
+        step, logits = self._last_test_logits or (None, None)
         if step != state.step:
-            predictions = self._predict_test()
+            logits = self._test_logits()
+        predictions = np.argmax(logits, axis=1)
         confusion = confusion_matrix(self.test.labels[:count], predictions, len(self.class_names))
         # The dry run counts beside this process's steps: a resumed run may have had no step left to run here.
         measured = (StepMemory.from_arena(self.arena), self.dry_run)
@@ -416,8 +424,7 @@ class Trainer:
             history=state.history,
             test_images=count,
             test_accuracy=self._accuracy(predictions),
-            mirrored_test_accuracy=self._accuracy(self.predict(self.test.images[:count], self.test.labels[:count],
-                                                               "test, mirrored too", mirrored=True)),
+            mirrored_test_accuracy=self._accuracy(np.argmax(logits + self._test_logits(mirror=True), axis=1)),
             per_class_accuracy=[None if np.isnan(value) else float(value) for value in per_class_accuracy(confusion)],
             confusion_matrix=confusion.tolist(),
             exact_subset=self._exact_subset_accuracy(count),
