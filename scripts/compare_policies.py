@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from tinytrain.cli import add_debug_flag, run_script
 from tinytrain.policy_comparison import comparison_caption, comparison_trials
 from tinytrain.sparse import POLICIES
-from tinytrain.sweep import DEFAULT_RETRIES, INSTALL_HINT, failure_report, run_sweep
-from tinytrain.sweep_summary import markdown_table, write_summary
+from tinytrain.sweep import DEFAULT_RETRIES, INSTALL_HINT, run_and_summarize
+from tinytrain.sweep_summary import markdown_table
 from tinytrain.train import TrainConfig
 
 DEFAULTS = TrainConfig()
@@ -63,19 +62,15 @@ def compare(args) -> int:
                        ratio=args.ratio, arena_bytes=args.arena_bytes, train_subset=args.train_subset,
                        test_subset=args.test_subset)
     trials = comparison_trials(base, args.policies, args.pruned_model, args.seed)
-    started = time.perf_counter()
-    outcomes = run_sweep(trials, args.output_dir, data_dir=args.data_dir, address=args.address, num_cpus=args.cpus,
-                         retries=args.retries)
-    wall_seconds = time.perf_counter() - started
-    rows = write_summary(outcomes, Path(args.output_dir), comparison_caption(base, outcomes), wall_seconds,
-                         stem="comparison")
-    print(markdown_table(rows))
-    print(f"{len(trials)} trials; this run took {wall_seconds / 60:.1f} min")
-    failures = failure_report(outcomes)
-    if failures:
-        print(f"error: {failures}", file=sys.stderr)
-        return 1
-    return 0
+    report = run_and_summarize(trials, args.output_dir, lambda outcomes: comparison_caption(base, outcomes),
+                               stem="comparison", data_dir=args.data_dir, address=args.address, num_cpus=args.cpus,
+                               retries=args.retries)
+    print(markdown_table(report.rows))
+    print(f"{len(trials)} trials, {report.skipped} finished before this run; this run took "
+          f"{report.wall_seconds / 60:.1f} min; table: {Path(args.output_dir) / 'comparison.md'}")
+    if report.failures:
+        print(f"error: {report.failures}", file=sys.stderr)
+    return 1 if report.failures else 0
 
 
 if __name__ == "__main__":

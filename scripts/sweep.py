@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from tinytrain.cli import add_debug_flag, run_script
-from tinytrain.sweep import DEFAULT_RETRIES, INSTALL_HINT, failure_report, run_sweep
+from tinytrain.sweep import DEFAULT_RETRIES, INSTALL_HINT, run_and_summarize
 from tinytrain.sweep_grid import (FIELD_ORDER, grid_caption, grid_trials, merge_grids, parse_grid_arguments,
                                   read_grid_file)
-from tinytrain.sweep_summary import markdown_table, write_summary
+from tinytrain.sweep_summary import markdown_table
 
 
 def parse_args(argv):
@@ -56,20 +55,14 @@ def main(argv=None) -> int:
 def sweep(args) -> int:
     grid = merge_grids(read_grid_file(args.grid_file) if args.grid_file else {}, parse_grid_arguments(args.grid))
     trials = grid_trials(grid)
-    started = time.perf_counter()
-    outcomes = run_sweep(trials, args.output_dir, data_dir=args.data_dir, address=args.address, num_cpus=args.cpus,
-                         retries=args.retries)
-    wall_seconds = time.perf_counter() - started
-    rows = write_summary(outcomes, Path(args.output_dir), grid_caption(grid, trials), wall_seconds)
-    skipped = sum(outcome.status == "skipped" for outcome in outcomes)
-    print(f"{len(trials)} trials, {skipped} finished before this run; this run took {wall_seconds / 60:.1f} min; "
-          f"table: {Path(args.output_dir) / 'sweep.md'}")
-    print(markdown_table(rows))
-    failures = failure_report(outcomes)
-    if failures:
-        print(f"error: {failures}", file=sys.stderr)
-        return 1
-    return 0
+    report = run_and_summarize(trials, args.output_dir, lambda outcomes: grid_caption(grid, trials),
+                               data_dir=args.data_dir, address=args.address, num_cpus=args.cpus, retries=args.retries)
+    print(f"{len(trials)} trials, {report.skipped} finished before this run; this run took "
+          f"{report.wall_seconds / 60:.1f} min; table: {Path(args.output_dir) / 'sweep.md'}")
+    print(markdown_table(report.rows))
+    if report.failures:
+        print(f"error: {report.failures}", file=sys.stderr)
+    return 1 if report.failures else 0
 
 
 if __name__ == "__main__":

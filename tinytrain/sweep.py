@@ -12,7 +12,8 @@ import logging
 import os
 import socket
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -21,7 +22,7 @@ from tinytrain import paths
 from tinytrain.checkpoint import CheckpointError, read_progress
 from tinytrain.interrupt import StopRequest, TrainingInterrupted
 from tinytrain.sweep_grid import GridError, Trial
-from tinytrain.sweep_summary import TrialOutcome, read_complete_results
+from tinytrain.sweep_summary import SummaryRow, TrialOutcome, read_complete_results, write_summary
 from tinytrain.train import (ConfigError, RunAlreadyFinished, Trainer, config_differences, prepare_output_dir,
                              validate_config)
 
@@ -242,3 +243,23 @@ def failure_report(outcomes: list[TrialOutcome]) -> str | None:
     return (f"{len(failed)} of {len(outcomes)} trials failed: "
             + "; ".join(f"{outcome.trial.name}: {outcome.error}" for outcome in failed)
             + ". Fix the cause and rerun the same command: finished trials are skipped, stopped ones resume")
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    rows: list[SummaryRow]  # the table written
+    wall_seconds: float  # of this run; skipped trials cost nothing
+    skipped: int  # trials that had finished before this run
+    failures: str | None  # failure_report's line, or None
+
+
+def run_and_summarize(trials: list[Trial], output_dir: str | Path, caption: Callable[[list[TrialOutcome]], str],
+                      stem: str = "sweep", data_dir: str | Path | None = None, address: str | None = None,
+                      num_cpus: int | None = None, retries: int = DEFAULT_RETRIES) -> SweepReport:
+    """run_sweep, then <stem>.json and <stem>.md in `output_dir` (write_summary) under `caption(outcomes)`."""
+    started = time.perf_counter()
+    outcomes = run_sweep(trials, output_dir, data_dir=data_dir, address=address, num_cpus=num_cpus, retries=retries)
+    wall_seconds = time.perf_counter() - started
+    rows = write_summary(outcomes, Path(output_dir), caption(outcomes), wall_seconds, stem=stem)
+    return SweepReport(rows, wall_seconds, sum(outcome.status == "skipped" for outcome in outcomes),
+                       failure_report(outcomes))
