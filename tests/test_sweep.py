@@ -164,6 +164,7 @@ def test_a_row_per_configuration_with_mean_and_standard_deviation_over_seeds(tmp
     assert document["wall_seconds"] == 12.5
     assert [(trial["name"], trial["status"], trial["error"]) for trial in document["trials"]][-1] == (
         "b1", "failed", "it diverged")
+    assert document["trials"][0]["results_file"] == "a0/results.json"  # relative: the folder can move
 
 
 def test_one_seed_per_row_keeps_the_comparison_table_as_it_was():

@@ -112,15 +112,16 @@ def markdown_table(rows: list[SummaryRow]) -> str:
 
 def write_summary(outcomes: list[TrialOutcome], output_dir: Path, caption: str, wall_seconds: float,
                   stem: str = "sweep") -> list[SummaryRow]:
-    """<stem>.json (every trial, every row, and the wall time of the run that wrote it, in which skipped trials cost
-    nothing) and <stem>.md (`caption`, then the table) in `output_dir`, atomically."""
+    """<stem>.json (every trial, with its results file relative to `output_dir` so that the folder can move; every
+    row; the wall time of the run that wrote it, in which skipped trials cost nothing) and <stem>.md (`caption`,
+    then the table) in `output_dir`, atomically."""
     rows = summarize(outcomes)
     document = {
         "caption": caption,
         "wall_seconds": wall_seconds,
         "trials": [{"name": outcome.trial.name, "status": outcome.status, "error": outcome.error,
                     "configuration": outcome.trial.row, "config": asdict(outcome.trial.config),
-                    "results_file": str(Path(output_dir) / outcome.trial.name / "results.json")}
+                    "results_file": f"{outcome.trial.name}/results.json"}
                    for outcome in outcomes],
         "rows": [asdict(row) for row in rows],
     }
