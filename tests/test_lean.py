@@ -8,7 +8,7 @@ from tinytrain.arena import DEFAULT_CAPACITY, Arena, ArenaOverflow
 from tinytrain.budget import BudgetTooSmall, fit_schedule
 from tinytrain.engine import SGD, Engine
 from tinytrain.layers import Add, Depthwise
-from tinytrain.memory import MEASURING_ARENA_BYTES, dry_run_with_op_log, measure_training_step
+from tinytrain.memory import MEASURING_ARENA_BYTES, measure_training_step, measured_step_table
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.oplog import ArenaCorruption
 from tinytrain.patches import plan_patch_stage
@@ -155,8 +155,8 @@ def test_checked_mode_catches_an_op_that_writes_outside_its_outputs(monkeypatch)
     graph = build_mobilenetv2(num_classes=10, resolution=64)
     plan = training_policy(TrainConfig(), graph).plan(0, 0)
     schedule = lean_schedule(graph, grids=((2, 2), (2, 2)))
-    arena, log = dry_run_with_op_log(graph, plan, MEASURING_ARENA_BYTES, memory_schedule=schedule, checked=True)
-    assert len(log) > 100 and arena.high_water_bytes > 0  # the honest step passes
+    table = measured_step_table(graph, plan, MEASURING_ARENA_BYTES, memory_schedule=schedule, checked=True)
+    assert len(table.ops) > 100 and table.high_water_bytes > 0  # the honest step passes
     layer = graph.layer("features.9.project")
     forward = layer.forward_into_residual  # the lean schedule adds this projection into its residual stream
 
@@ -166,4 +166,4 @@ def test_checked_mode_catches_an_op_that_writes_outside_its_outputs(monkeypatch)
 
     monkeypatch.setattr(layer, "forward_into_residual", forward_that_also_writes_its_input)
     with pytest.raises(ArenaCorruption, match="fwd features.9.project.*features.9.depthwise"):
-        dry_run_with_op_log(graph, plan, MEASURING_ARENA_BYTES, memory_schedule=schedule, checked=True)
+        measured_step_table(graph, plan, MEASURING_ARENA_BYTES, memory_schedule=schedule, checked=True)

@@ -1,15 +1,19 @@
-"""The memory timeline agrees with what the arena measured, op by op; a hand-made trace pins down the attribution."""
+"""The memory timeline agrees with what the arena measured, op by op; a hand-made table pins down the attribution."""
 
 import numpy as np
 import pytest
 
-from tinytrain.arena import KINDS, TraceEvent
+from tinytrain.arena import KINDS, Arena, TraceEvent
+from tinytrain.engine import Engine
+from tinytrain.memory import MEASURING_ARENA_BYTES
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
-from tinytrain.plan import UpdatePlan
+from tinytrain.oplog import OpEvent
+from tinytrain.plan import LAYER_BY_LAYER, MemorySchedule, PatchSpec, UpdatePlan
 from tinytrain.sparse import make_policy
-from tinytrain.timeline import measure_timeline, timeline_from_trace
+from tinytrain.step_table import NOT_FREED, OpRecord, StepTable, TensorRecord, tensors_from_trace
+from tinytrain.timeline import measure_timeline, timeline_from_table, timeline_ops
 
-RESOLUTION = 32  # memory is exact at any size; 32 px keeps the two dry runs well under a second
+RESOLUTION = 32  # memory is exact at any size; 32 px keeps the dry runs well under a second
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +21,18 @@ def graph():
     return build_mobilenetv2(num_classes=10, resolution=RESOLUTION, weights=None)  # memory does not depend on values
 
 
-@pytest.fixture(scope="module", params=["dense", "dynamic"])
+def patched(graph) -> MemorySchedule:
+    """The front up to features.2.project in 2x2 tiles, then features.3 and features.4 in 2x2 tiles."""
+    names = [layer.name for layer in graph.layers]
+    return MemorySchedule((PatchSpec(names.index("features.2.project") + 1, (2, 2)),
+                           PatchSpec(names.index("features.4.project") + 1, (2, 2))), True)
+
+
+@pytest.fixture(scope="module", params=["dense", "dynamic", "dynamic patched"])
 def measured(request, graph):
-    return measure_timeline(graph, make_policy(request.param, graph).plan(0, 0))
+    schedule = patched(graph) if request.param.endswith("patched") else LAYER_BY_LAYER
+    return measure_timeline(graph, make_policy(request.param.split()[0], graph).plan(0, 0),
+                            memory_schedule=schedule)
 
 
 def test_stacked_maximum_is_the_whole_step_peak(measured):
@@ -50,15 +63,38 @@ def test_dynamic_saves_far_less_than_dense(graph):
     assert dynamic.bytes_of("saved").max() < 0.05 * dense.bytes_of("saved").max()
 
 
-def test_attribution_within_an_op_by_hand():
-    """Op 0 allocates a (100 B) and b (50 B) then frees a; op 1 frees b first and allocates c; op 2 does nothing."""
-    def event(op_index, action, offset, nbytes, kind, name):
-        return TraceEvent(op_index, action, offset, nbytes, kind, name, (nbytes,), "|u1")
+def test_a_patch_stage_counts_under_its_last_layer_and_the_input_under_the_first(graph):
+    schedule = patched(graph)
+    engine = Engine(graph, Arena(MEASURING_ARENA_BYTES), memory_schedule=schedule)
+    table = engine.training_step_table(make_policy("dynamic", graph).plan(0, 0))
+    columns = timeline_ops(table.ops, graph, schedule)
+    assert columns == sorted(columns)
+    loss = next(op.index for op in table.ops if op.type == "loss")
+    assert columns[0] == 0 and table.ops[0].name == "load input" and columns[loss] == len(graph.layers)
+    for spec in schedule.patches:
+        stage = {op.name for op, column in zip(table.ops, columns) if column == spec.end_layer - 1}
+        assert len(stage) > 2 * 2 and all(" tile " in name for name in stage)  # every tile's loads, layers, copies
+    backward = [(column, op.layer) for op, column in zip(table.ops, columns) if op.index > loss]
+    assert all(column == 2 * len(graph.layers) - [layer.name for layer in graph.layers].index(name)
+               for column, name in backward)
 
-    trace = [event(0, "alloc", 0, 100, "activation", "a"), event(0, "alloc", 112, 50, "saved", "b"),
-             event(0, "free", 0, 100, "activation", "a"), event(1, "free", 112, 50, "saved", "b"),
-             event(1, "alloc", 0, 30, "grad", "c")]
-    timeline = timeline_from_trace(trace, ["fwd x", "loss", "bwd x"], arena_bytes=256)
+
+def test_attribution_within_an_op_by_hand():
+    """Op 0 allocates a (100 B) and b (50 B) then frees a; the loss frees b first and allocates c, which outlives
+    the step; the backward op after it does nothing."""
+    def tensor(name, kind, nbytes, first_op, last_op, alloc_event, free_event):
+        return TensorRecord(name, name, kind, "uint8", (nbytes,), nbytes, 0, first_op, last_op, alloc_event,
+                            free_event)
+
+    def op(index, name, op_type, layer):
+        return OpRecord(index, name, op_type, layer, (), (), 0, False, False, (), ())
+
+    a, b = tensor("a", "activation", 100, 0, 0, 0, 2), tensor("b", "saved", 50, 0, 1, 1, 3)
+    c = tensor("c", "grad", 30, 1, 1, 4, NOT_FREED)
+    table = StepTable(16, 256, (a, b, c), (op(0, "fwd x", "add", "x"), op(1, "loss", "loss", "")))
+    assert (table.peak_bytes, table.peak_op, table.live_at_peak) == (150, 0, (a, b))
+    assert table.peak_bytes_by_kind == {**dict.fromkeys(KINDS, 0), "activation": 100, "saved": 50, "grad": 30}
+    timeline = timeline_from_table(table, ["fwd x", "loss", "bwd x"], [0, 1], arena_bytes=256)
     expected = {"activation": [100, 0, 0], "saved": [50, 50, 0], "grad": [0, 0, 30]}
     for kind in KINDS:
         np.testing.assert_array_equal(timeline.bytes_of(kind), expected.get(kind, [0, 0, 0]))
@@ -66,6 +102,6 @@ def test_attribution_within_an_op_by_hand():
 
 
 def test_a_trace_that_does_not_start_empty_is_refused():
-    with pytest.raises(ValueError, match="empty arena"):
-        timeline_from_trace([TraceEvent(0, "free", 0, 16, "activation", "a", (16,), "|u1")], ["fwd x"],
-                            arena_bytes=256)
+    op = OpEvent(0, 1, "fwd x", "add", "x", (), (), 0, (), (), False, False)
+    with pytest.raises(ValueError, match="allocated before the trace began"):
+        tensors_from_trace([TraceEvent("free", 0, 16, "activation", "a", (16,), "|u1")], [op])

@@ -31,7 +31,6 @@ class Allocation:
 
 @dataclass(frozen=True)
 class TraceEvent:
-    op_index: int
     action: str  # "alloc" or "free"
     offset: int
     nbytes: int
@@ -82,7 +81,6 @@ class Arena:
         self._placement: dict[tuple[str, int], tuple[int, int]] | None = None  # (name, n) -> (offset, reserved)
         self._occurrences: dict[str, int] = {}  # allocations of each name since the placement was set
         self._trace_positions: dict[int, int] = {}  # offset -> trace position of the live allocation's alloc
-        self.op_index = 0
         self.tracing = tracing
         self.trace: list[TraceEvent] = []
         self.live_bytes = 0
@@ -213,7 +211,6 @@ class Arena:
         self.peak_bytes = self.live_bytes
         self.peak_bytes_by_kind = dict(self.live_bytes_by_kind)
         self.live_at_peak: list[Allocation] = self.live()
-        self.peak_op_index = self.op_index
         self.high_water_bytes = max((a.offset + a.reserved - self._base_shift for a in self._live.values()), default=0)
         self.trace = []
         self._trace_positions = {}  # what was live before has no position in the new trace
@@ -243,12 +240,11 @@ class Arena:
         if self.live_bytes > self.peak_bytes:
             self.peak_bytes = self.live_bytes
             self.live_at_peak = self.live()
-            self.peak_op_index = self.op_index
 
     def _record(self, action: str, allocation: Allocation, reuses: bool = False) -> None:
         if self.tracing:
             self.trace.append(
-                TraceEvent(self.op_index, action, allocation.offset - self._base_shift, allocation.nbytes,
+                TraceEvent(action, allocation.offset - self._base_shift, allocation.nbytes,
                            allocation.kind, allocation.name, allocation.shape, allocation.dtype, reuses)
             )
 
@@ -290,7 +286,7 @@ class Arena:
     def _overflow_message(self, name, shape, dtype, kind, nbytes, reserved) -> str:
         holders = describe_tensors(self._live.values())
         return (
-            f"arena overflow at op {self.op_index}: cannot allocate {name!r} [{kind}] {shape} {dtype.name}, "
+            f"arena overflow: cannot allocate {name!r} [{kind}] {shape} {dtype.name}, "
             f"{_format_bytes(nbytes)} ({reserved:,} B aligned).\n"
             f"  arena capacity {_format_bytes(self.capacity)}, free {_format_bytes(self.free_bytes)}, "
             f"largest free block {_format_bytes(self.largest_free_block)}.\n"

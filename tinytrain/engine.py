@@ -142,7 +142,7 @@ class Engine:
         if self._replay(key):
             return self._copies
         schedule = schedule_step(self.graph, UpdatePlan.frozen())
-        rehearsal = lambda engine: engine.infer(self._blank_image(image.dtype), read)  # noqa: E731
+        rehearsal = self._inference_rehearsal(read, image.dtype)
         read = set(read) | {self.graph.output_name}
         with self._recording(key), self._planned_offsets(key, rehearsal), self._rollback_on_error():
             tensors, _ = self._forward(schedule, read)
@@ -197,6 +197,16 @@ class Engine:
         schedule_step(self.graph, plan)  # the plan's own errors first
         key = ("train", plan_shape(self.graph, plan), bool(sgd.momentum), np.dtype(image_dtype).str)
         return self._planned(key, self._rehearsal(plan, sgd, np.dtype(image_dtype)))[0]
+
+    def inference_step_table(self, image_dtype=np.uint8) -> StepTable:
+        """The step table of one forward pass (`infer`) in this engine's arena, as training_step_table's."""
+        if not self.plan_offsets:
+            raise ValueError("an engine with plan_offsets=False places tensors first-fit and plans no step table")
+        key = ("infer", (), np.dtype(image_dtype).str)
+        return self._planned(key, self._inference_rehearsal((), np.dtype(image_dtype)))[0]
+
+    def _inference_rehearsal(self, read: tuple[str, ...], image_dtype: np.dtype) -> Callable[[Engine], None]:
+        return lambda engine: engine.infer(self._blank_image(image_dtype), read)
 
     def _rehearsal(self, plan: UpdatePlan, sgd: SGD, image_dtype: np.dtype | None = None) -> Callable[[Engine], None]:
         """A training step of `plan`'s shape on a blank image with no update, for another engine to plan it on."""
@@ -264,7 +274,6 @@ class Engine:
 
     def _forward(self, schedule: StepSchedule, read: set[str]):
         arena, graph = self.arena, self.graph
-        arena.op_index = 0
         if not self.patch_stages:
             input_kind = "saved" if graph.input_name in schedule.retained_by else "input"
             start = self._op_start()
@@ -282,7 +291,6 @@ class Engine:
         fused = set()  # residual adds already done by the projection before them
         for index in range(first, len(graph.layers)):
             layer, step = graph.layers[index], schedule.layers[index]
-            arena.op_index = index
             if index in fused:  # the add of a fused projection: done with it
                 saved[index] = (None, None)
                 continue
@@ -394,7 +402,6 @@ class Engine:
         load = partial(self._load_frame_window, source) if source.dtype == np.uint8 else partial(_load_window, source)
         for stage in self.patch_stages:
             kind = "saved" if stage.output in schedule.retained_by else "activation"
-            arena.op_index = stage.end_layer - 1
             out = arena.alloc(stage.output, graph.shapes[stage.output], np.float32, kind)
             run_patch_stage(stage, graph, arena, source, load, out, self.op_log, self._call)
             arena.free(source)
@@ -436,7 +443,6 @@ class Engine:
 
     def _loss(self, logits: np.ndarray) -> np.ndarray:
         arena = self.arena
-        arena.op_index = len(self.graph.layers)
         start, reads = self._op_start(), self._ids(logits)
         probs = arena.alloc("loss.probs", logits.shape, np.float32, "saved")
         self._call(self._loss_forward, probs, logits)
@@ -485,13 +491,11 @@ class Engine:
         grads = _Gradients(arena, self._call)
         grads.put(graph.output_name, dlogits)
         retained_holders = dict(schedule.retained_by)
-        count = len(graph.layers)
-        for index in reversed(range(count)):
+        for index in reversed(range(len(graph.layers))):
             step, layer = schedule.layers[index], graph.layers[index]
             saved_input, mask = saved.pop(index, (None, None))  # a patched layer saves nothing
             if not step.runs_backward:
                 continue
-            arena.op_index = 2 * count - index
             start = self._op_start()
             if isinstance(layer, Add):
                 dout = grads.take(layer.output)
@@ -676,15 +680,12 @@ class Engine:
         engine.op_log = OpLog(arena)
         rehearsal(engine)
         placement = plan_placement(arena.trace, self.arena.alignment, fixed)
-        return step_table(arena.trace, engine.op_log.events, placement, self.arena.alignment, arena.peak_bytes,
-                          arena.peak_bytes_by_kind, arena.peak_op_index, tuple(arena.live_at_peak))
+        return step_table(arena.trace, engine.op_log.events, placement, self.arena.alignment)
 
     def _overflow_message(self, table: StepTable) -> str:
-        op_names = StepSchedule.op_names_of(self.graph)
-        fullest = sum(allocation.nbytes for allocation in table.live_at_peak)
         return (f"arena overflow when planning the step: its offsets need {table.high_water_bytes:,} B, the arena "
-                f"has {self.arena.capacity:,} B. Fullest at op {table.peak_op} "
-                f"({op_names[table.peak_op]}), {fullest:,} B live; the largest tensors there:\n"
+                f"has {self.arena.capacity:,} B. Fullest at op {table.peak_op} ({table.ops[table.peak_op].name}), "
+                f"{table.peak_bytes:,} B of its own tensors live; the largest there:\n"
                 f"{describe_tensors(table.live_at_peak)}\n"
                 "  Fix: enlarge the arena (--arena-bytes), lower the input resolution, train fewer layers/channels, "
                 "or use a leaner memory schedule (patches, depthwise in place).")

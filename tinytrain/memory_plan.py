@@ -4,10 +4,10 @@ The plan is the engine's step table (step_table.py): the offsets every step of t
 its op log (oplog.py), each op's inputs and outputs the blocks it touched. `build_memory_plan` checks the table
 against one real step measured in the arena before it returns it.
 
-JSON schema ("tinytrain-memory-plan", schema_version 2): one object with
+JSON schema ("tinytrain-memory-plan", schema_version 3): one object with
 
     schema              "tinytrain-memory-plan"
-    schema_version      2; `MemoryPlan.from_json` refuses any other
+    schema_version      3; `MemoryPlan.from_json` refuses any other (before 3, ops were numbered by layer)
     provenance          {str: str | int | float | bool}: how the plan was made (policy, resolution, step, seed, ...)
     arena_bytes         capacity of the arena the step ran in
     alignment           every offset is a multiple of it
@@ -23,14 +23,16 @@ JSON schema ("tinytrain-memory-plan", schema_version 2): one object with
         shape           [int, ...]
         nbytes          bytes the tensor needs (its block in the arena is rounded up to `alignment`)
         offset          bytes from the arena's aligned start
-        first_op        op index of its allocation
-        last_op         op index of its free; the step's last op if it outlives the step
+        first_op        index of the first op it lives through: the op that allocates it (or, allocated between two
+                        ops, as a patch stage's output is, the next)
+        last_op         index of the last op it lives through: the op that frees it (or, freed between two ops, the
+                        one before); the step's last op if it outlives the step
         alloc_event     position of its allocation in the step's trace
         free_event      position of its free in the trace; -1 if it outlives the step (optimizer state)
     ops                 in execution order, each
-        index           the engine's op index: forward of layer i at i, the loss at L, backward of layer i at 2L - i
-                        (L layers). Backward ops of layers that need no gradient do not run and are absent. The ops
-                        of a patch stage (every layer of every tile) all carry the index of its last layer.
+        index           its place in execution order: 0, 1, 2, ... (forward, the loss, then backward). Backward ops
+                        of layers that need no gradient do not run and are absent; every layer of every tile of a
+                        patch stage is an op of its own.
         name            "load input", "fwd <layer>", "loss" or "bwd <layer>"; in a patch stage "fwd <layer> tile
                         <k>", with "fwd <source> tile <k>" loading the tile's input and "fwd <output> tile <k>"
                         copying its result into the stage's output; a projection added into its residual in place
@@ -69,16 +71,16 @@ from pathlib import Path
 
 from tinytrain.arena import KINDS, Arena
 from tinytrain.atomic import atomic_path
-from tinytrain.engine import SGD, Engine
+from tinytrain.engine import SGD
 from tinytrain.graph import Graph
 from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Linear, Pointwise
-from tinytrain.memory import MEASURING_ARENA_BYTES, dry_run_with_op_log
+from tinytrain.memory import MEASURING_ARENA_BYTES, measured_step_table
 from tinytrain.oplog import OpEvent
 from tinytrain.plan import LAYER_BY_LAYER, MemorySchedule, UpdatePlan
 from tinytrain.step_table import NOT_FREED, OpRecord, TensorRecord, ops_from_log, tensors_from_trace
 
 SCHEMA = "tinytrain-memory-plan"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _LAYER_TYPES = tuple(layer.op_type for layer in (Conv2d, Depthwise, Pointwise, Add, GlobalAvgPool, Linear))
 OP_TYPES = (("load", "copy", "pointwise_add") + _LAYER_TYPES + ("loss",)
@@ -185,7 +187,7 @@ class MemoryPlan:
             f"}} {p}_tensor;",
             "",
             "typedef struct {",
-            "    int32_t index; /* the engine's op index: forward i, loss L, backward of layer i at 2L - i */",
+            "    int32_t index; /* its place in execution order: forward, the loss, backward */",
             "    const char *name;",
             f"    {p}_op_type type;",
             "    uint64_t macs;",
@@ -229,20 +231,13 @@ def build_memory_plan(graph: Graph, update_plan: UpdatePlan, arena_bytes: int = 
                       sgd: SGD = SGD(lr=0.0), wgrad_tile_bytes: int | None = None, provenance: dict | None = None,
                       memory_schedule: MemorySchedule = LAYER_BY_LAYER) -> MemoryPlan:
     """The engine's step table of one training sample of `update_plan` in an arena of `arena_bytes`, checked
-    against a real step: a dry run (no weight changes) at the table's offsets in an arena filled with a sentinel
-    must write only where the table says each op writes, and the arena must measure the table's peak and offsets.
-    Raises ArenaOverflow if the step does not fit `arena_bytes`."""
-    engine = Engine(graph, Arena(arena_bytes), wgrad_tile_bytes, memory_schedule)
-    table = engine.training_step_table(update_plan, sgd)
-    arena, op_log = dry_run_with_op_log(graph, update_plan, arena_bytes, sgd, wgrad_tile_bytes, memory_schedule,
-                                        checked=True)
-    measured = memory_plan_from_arena(arena, op_log)
-    planned = MemoryPlan(arena_bytes, table.alignment, table.peak_bytes, dict(table.peak_bytes_by_kind),
-                         table.high_water_bytes, list(table.tensors), list(table.ops), dict(provenance or {}))
-    for what in ("peak_bytes", "peak_bytes_by_kind", "high_water_bytes", "tensors", "ops"):
-        if getattr(measured, what) != getattr(planned, what):
-            raise AssertionError(f"the step measured in the arena differs from its step table in {what}")
-    return planned
+    against a real step (memory.measured_step_table): a dry run (no weight changes) at the table's offsets in an
+    arena filled with a sentinel must write only where the table says each op writes, and the arena must measure
+    the table's peak and offsets. Raises ArenaOverflow if the step does not fit `arena_bytes`."""
+    table = measured_step_table(graph, update_plan, arena_bytes, sgd, wgrad_tile_bytes, memory_schedule,
+                                checked=True)
+    return MemoryPlan(arena_bytes, table.alignment, table.peak_bytes, table.peak_bytes_by_kind,
+                      table.high_water_bytes, list(table.tensors), list(table.ops), dict(provenance or {}))
 
 
 def memory_plan_from_arena(arena: Arena, op_log: list[OpEvent], provenance: dict | None = None) -> MemoryPlan:
@@ -252,8 +247,10 @@ def memory_plan_from_arena(arena: Arena, op_log: list[OpEvent], provenance: dict
     The trace must cover exactly that step, from an arena with nothing live (a fresh one, or `reset_peak()` on an
     empty one just before): a tensor allocated before the trace began has no recorded offset or lifetime.
     """
-    last_op = max((event.op_index for event in op_log), default=0)
-    tensors = tensors_from_trace(arena.trace, last_op)
+    if sum(event.op_type == "loss" for event in op_log) > 1:
+        raise ValueError("the op log covers more than one step; build the plan from a fresh arena and op log (or "
+                         "call reset_peak() on an empty arena and start a new OpLog) and run exactly one step")
+    tensors = tensors_from_trace(arena.trace, op_log)
     if sum(tensor.nbytes for tensor in tensors if tensor.free_event == NOT_FREED) != arena.live_bytes:
         raise ValueError("the arena holds tensors allocated before its trace began; build the plan from a fresh "
                          "arena (or call reset_peak() on an empty one) and run exactly one training step")

@@ -1,7 +1,9 @@
-"""What each op of a step read and wrote, recorded by the engine as it runs; the memory plan export reads it.
+"""What each op of a step read and wrote, recorded by the engine as it runs; the step table is made from it.
 
 Tensors are named by the position of their allocation in the arena's trace, so an op's inputs and outputs are
-exactly the arena blocks it touched: nothing is rebuilt from naming conventions.
+exactly the arena blocks it touched: nothing is rebuilt from naming conventions. Ops are numbered by their place
+in the log, and each keeps the stretch of the trace it ran over, so which ops a tensor lived through follows from
+where its allocation and free fall in the trace (step_table.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from tinytrain.arena import Arena
 
 @dataclass(frozen=True)
 class OpEvent:
-    op_index: int  # the engine's op index: forward of layer i at i, the loss at L, backward of layer i at 2L - i
+    start: int  # trace length when the op began: its own allocations and frees are trace[start:end]
+    end: int  # trace length when it was recorded
     name: str  # "fwd <layer>", "loss", "bwd <layer>"; the ops of a patch stage add " tile <k>"
     op_type: str
     layer: str  # "" for the loss
@@ -84,7 +87,7 @@ class OpLog:
         rows = tuple(int(c) for c in update.out_channels) if trains_weight else ()
         columns = rows if selects_input_by_output else (tuple(int(c) for c in update.in_channels)
                                                         if trains_weight else ())
-        event = OpEvent(self.arena.op_index, name, op_type, layer, tuple(dict.fromkeys(reads)),
+        event = OpEvent(start, len(self.arena.trace), name, op_type, layer, tuple(dict.fromkeys(reads)),
                         tuple(dict.fromkeys(allocated + written)), int(macs), rows, columns, trains_weight,
                         update is not None and update.bias)
         if self.checked:

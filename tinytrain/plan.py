@@ -68,16 +68,6 @@ class StepSchedule:
     last_forward_use: dict[str, int]  # tensor -> index of its last consumer in forward
     retained_by: dict[str, int]  # tensor kept whole for backward -> how many layers hold it
 
-    def op_names(self, graph: Graph) -> list[str]:
-        return self.op_names_of(graph)
-
-    @staticmethod
-    def op_names_of(graph: Graph) -> list[str]:
-        """Op index -> label: forward layers, the loss, then backward layers in reverse."""
-        forward = [f"fwd {layer.name}" for layer in graph.layers]
-        backward = [f"bwd {layer.name}" for layer in reversed(graph.layers)]
-        return forward + ["loss"] + backward
-
 
 def backward_macs(layer, input_shapes, step: LayerSchedule) -> int:
     """dX costs what forward costs; dW[rows, cols] costs rows * cols * taps per output pixel (chosen channels only)."""
