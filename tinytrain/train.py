@@ -241,8 +241,7 @@ class Trainer:
     def _scan_dataset(self) -> None:
         """List and check the --dataset folder, and the flags that depend on its size, before anything is decoded."""
         config = self.config
-        self.folder = scan_folder_dataset(config.dataset, config.test_fraction, config.seed,
-                                          self.progress)
+        self.folder = scan_folder_dataset(config.dataset, config.test_fraction, config.seed, self.progress)
         if self.folder.has_own_split and config.test_fraction is not None:
             raise ConfigError(f"--test-fraction {config.test_fraction}: {config.dataset} has its own train/ and test/ "
                               "folders; leave --test-fraction out")
