@@ -121,4 +121,4 @@ def _too_small_message(graph: Graph, schedule: MemorySchedule, memory: StepMemor
             f"{memory.high_water_bytes:,} B: at its fullest moment {memory.whole_step_peak_bytes:,} B of tensors "
             f"are live, the largest {largest.name!r} ({largest.nbytes:,} B), which does not fit beside the rest.\n"
             f"  Fix: an arena of at least {memory.high_water_bytes:,} B (--arena-bytes), a lower resolution, or "
-            "fewer trained layers (a later --bias-from-block).")
+            "fewer trained layers (a later --first-block or --bias-from-block).")
