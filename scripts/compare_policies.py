@@ -22,7 +22,9 @@ def parse_args(argv):
         description="Fine-tune pretrained MobileNetV2-1.0 on CIFAR-10 once per update policy (batch 1, the same "
                     "images, schedule and seed for all), and tabulate test accuracy, whole-step arena peak, feature "
                     "memory, fraction of conv weights updated per step, coverage and time per step, all measured "
-                    "in the same engine. dense runs in the arena it needs; the others in --arena-bytes. The "
+                    "in the same engine. Each policy runs in --arena-bytes if its step fits there in some memory "
+                    "schedule (dry-run before any training), else in the arena it needs (dense, and at 128x128 "
+                    "last-k and bias). The "
                     "policies run as a sweep (scripts/sweep.py) on Ray, one per core with NUMBA_NUM_THREADS=1, or on "
                     "a cluster with --address; rerunning the same command skips finished policies and resumes "
                     f"stopped ones. Needs Ray: {INSTALL_HINT}.",
@@ -34,7 +36,8 @@ def parse_args(argv):
     parser.add_argument("--warmup-steps", type=int, default=DEFAULTS.warmup_steps, help="linear warm-up steps")
     parser.add_argument("--ratio", type=float, default=DEFAULTS.ratio,
                         help="target fraction of conv weights per step for static and dynamic")
-    parser.add_argument("--arena-bytes", type=int, default=DEFAULTS.arena_bytes, help="arena of the sparse policies")
+    parser.add_argument("--arena-bytes", type=int, default=DEFAULTS.arena_bytes,
+                        help="arena of every policy whose step fits it")
     parser.add_argument("--train-subset", type=int, help="train on this many images (default: all 50,000)")
     parser.add_argument("--test-subset", type=int, help="evaluate on the first this many test images (default all)")
     parser.add_argument("--seed", type=int, nargs="+", default=[DEFAULTS.seed],

@@ -185,6 +185,12 @@ def test_the_policy_comparison_is_one_trial_per_policy_plus_the_pruned_model():
     assert trials[2].config == replace(base, model="pruned/model.h5")
 
 
+def test_a_policy_whose_step_cannot_fit_the_arena_gets_the_arena_it_needs():
+    base = TrainConfig(resolution=32)  # 262,144 B: last-k's 1280x320 head-conv weight gradient alone is 1.6 MB
+    last_k, dynamic = comparison_trials(base, ["last-k", "dynamic"])
+    assert last_k.config.arena_bytes > base.arena_bytes == dynamic.config.arena_bytes
+
+
 def test_the_policy_comparison_over_several_seeds_is_one_row_per_policy():
     trials = comparison_trials(TrainConfig(), ["bias", "dynamic"], seeds=[0, 1])
     assert [(trial.name, trial.row, trial.config.seed) for trial in trials] == [
