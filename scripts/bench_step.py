@@ -228,7 +228,8 @@ def print_report(results: list[CaseResult], profiles: dict, macs: dict, rates: t
         say()
         say(f"tinytrain {case} step at {resolution}x{resolution} by op: mean of {args.profile_steps} instrumented "
             f"steps {profile.step_ms:.2f} ms (uninstrumented median {timed.tinytrain.median_ms:.2f} ms); outside "
-            f"kernels {profile.ms[OUTSIDE_KERNELS]:.3f} ms")
+            f"kernels {profile.ms[OUTSIDE_KERNELS]:.3f} ms, {profile.kernel_calls} kernel calls "
+            f"({1000 * profile.ms[OUTSIDE_KERNELS] / profile.kernel_calls:.1f} us a call)")
         say(f"  {'phase':<9}{'op':<50}{'ms':>8}{'share':>7}{'GFLOP/s':>9}")
         rows = sorted(profile.ms.items(), key=lambda item: (PHASES.index(item[0][0]), -item[1]))
         for (phase, op), ms in rows:

@@ -12,12 +12,12 @@ import pytest
 
 from tinytrain.arena import Arena
 from tinytrain.engine import SGD, Engine
-from tinytrain.memory_plan import (NOT_FREED, OP_TYPES, MemoryPlan, OpRecord, TensorRecord, build_memory_plan,
-                                   memory_plan_from_arena)
+from tinytrain.memory_plan import OP_TYPES, MemoryPlan, OpRecord, TensorRecord, build_memory_plan
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.oplog import OpLog
 from tinytrain.plan import LAYER_BY_LAYER, MemorySchedule, PatchSpec
 from tinytrain.sparse import POLICIES, make_policy
+from tinytrain.step_table import NOT_FREED
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 ARENA_BYTES = 64 << 20  # dense momentum buffers at 32 px are about 14 MB
@@ -27,7 +27,8 @@ needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc is not installed; the C 
 
 @pytest.fixture(scope="module", params=["dynamic", "dense", "dynamic lean"])
 def step(request):
-    """One step of a random-init model at 32 px, exported from its arena. Momentum leaves optimizer state live after
+    """The exported plan of one step of a random-init model at 32 px, beside the same step traced in an engine's
+    arena of its own. Momentum leaves optimizer state live after
     the step, and weight-gradient tiles of 4 KiB make the same tensor name be allocated many times. "lean" runs the
     frozen front in patches and depthwise convs in place."""
     graph = build_mobilenetv2(resolution=32)
@@ -40,8 +41,10 @@ def step(request):
     engine = Engine(graph, Arena(ARENA_BYTES), wgrad_tile_bytes=4096, memory_schedule=schedule)
     engine.op_log = OpLog(engine.arena)
     image = np.zeros((32, 32, 3), dtype=np.uint8)
-    engine.train_step(image, 0, update_plan, SGD(lr=0.0, momentum=0.9), apply_update=False)
-    plan = memory_plan_from_arena(engine.arena, engine.op_log.events, provenance={"policy": request.param})
+    sgd = SGD(lr=0.0, momentum=0.9)
+    engine.train_step(image, 0, update_plan, sgd, apply_update=False)
+    plan = build_memory_plan(graph, update_plan, ARENA_BYTES, sgd, wgrad_tile_bytes=4096,
+                             provenance={"policy": request.param}, memory_schedule=schedule)
     return graph, update_plan, engine, plan
 
 
@@ -152,17 +155,6 @@ def test_ops_read_and_write_live_tensors_and_count_macs(step):
     assert trained == {name for name, update in update_plan.updates.items() if update.trains_weight}
     classifier = next(op for op in plan.ops if op.name == "bwd classifier")
     assert classifier.type == "linear_backward" and classifier.out_channels == tuple(range(10))
-
-
-def test_a_trace_of_two_steps_is_refused():
-    graph = build_mobilenetv2(resolution=32)
-    update_plan = make_policy("dynamic", graph, seed=0).plan(0, 0)
-    engine = Engine(graph, Arena(ARENA_BYTES))
-    engine.op_log = OpLog(engine.arena)
-    for _ in range(2):
-        engine.train_step(np.zeros((32, 32, 3), dtype=np.uint8), 0, update_plan, SGD(lr=0.0), apply_update=False)
-    with pytest.raises(ValueError, match="more than one step"):
-        memory_plan_from_arena(engine.arena, engine.op_log.events)
 
 
 def test_json_round_trips_and_refuses_other_versions(step, tmp_path):

@@ -69,15 +69,14 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tinytrain.arena import KINDS, Arena
+from tinytrain.arena import KINDS
 from tinytrain.atomic import atomic_path
 from tinytrain.engine import SGD
 from tinytrain.graph import Graph
 from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Linear, Pointwise
 from tinytrain.memory import MEASURING_ARENA_BYTES, measured_step_table
-from tinytrain.oplog import OpEvent
 from tinytrain.plan import LAYER_BY_LAYER, MemorySchedule, UpdatePlan
-from tinytrain.step_table import NOT_FREED, OpRecord, TensorRecord, ops_from_log, tensors_from_trace
+from tinytrain.step_table import OpRecord, TensorRecord
 
 SCHEMA = "tinytrain-memory-plan"
 SCHEMA_VERSION = 3
@@ -238,24 +237,6 @@ def build_memory_plan(graph: Graph, update_plan: UpdatePlan, arena_bytes: int = 
                                 checked=True)
     return MemoryPlan(arena_bytes, table.alignment, table.peak_bytes, table.peak_bytes_by_kind,
                       table.high_water_bytes, list(table.tensors), list(table.ops), dict(provenance or {}))
-
-
-def memory_plan_from_arena(arena: Arena, op_log: list[OpEvent], provenance: dict | None = None) -> MemoryPlan:
-    """The plan of the one training step whose trace `arena` holds and whose ops `op_log` recorded, at the offsets
-    the arena gave its tensors.
-
-    The trace must cover exactly that step, from an arena with nothing live (a fresh one, or `reset_peak()` on an
-    empty one just before): a tensor allocated before the trace began has no recorded offset or lifetime.
-    """
-    if sum(event.op_type == "loss" for event in op_log) > 1:
-        raise ValueError("the op log covers more than one step; build the plan from a fresh arena and op log (or "
-                         "call reset_peak() on an empty arena and start a new OpLog) and run exactly one step")
-    tensors = tensors_from_trace(arena.trace, op_log)
-    if sum(tensor.nbytes for tensor in tensors if tensor.free_event == NOT_FREED) != arena.live_bytes:
-        raise ValueError("the arena holds tensors allocated before its trace began; build the plan from a fresh "
-                         "arena (or call reset_peak() on an empty one) and run exactly one training step")
-    return MemoryPlan(arena.capacity, arena.alignment, arena.peak_bytes, dict(arena.peak_bytes_by_kind),
-                      arena.high_water_bytes, tensors, list(ops_from_log(op_log, tensors)), dict(provenance or {}))
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ class CallTimer:
         self.seconds: dict[tuple[str, str], float] = defaultdict(float)
         self._ops: dict[int, tuple[tuple, list]] = {}  # id of a recorded call tuple -> (that tuple, each call's op)
         self.steps = 0  # recorded steps run
+        self.calls = 0  # kernel calls run, over all steps
 
     def run(self, calls: tuple) -> None:
         cached = self._ops.get(id(calls))
@@ -71,6 +72,7 @@ class CallTimer:
             cached = self._ops[id(calls)] = (calls, [op_of(kernel) for kernel, _ in calls])
         ops = cached[1]
         self.steps += 1
+        self.calls += len(calls)
         seconds, clock = self.seconds, time.perf_counter
         for (kernel, arguments), op in zip(calls, ops):
             start = clock()
@@ -82,6 +84,7 @@ class CallTimer:
 class StepProfile:
     ms: dict[tuple[str, str], float]  # (phase, op) -> mean ms per step; OUTSIDE_KERNELS is the rest of the step
     step_ms: float  # mean step, the policy's draw included
+    kernel_calls: int  # per step
     forward_macs: dict[str, int]  # layer type -> MACs of all its forward calls, for GFLOP/s; layer by layer only
 
 
@@ -115,4 +118,4 @@ def profile_training(engine: Engine, policy: Policy, image: np.ndarray, steps: i
         for layer in graph.layers:
             forward_macs[type(layer).__name__] += layer.macs([graph.shapes[name] for name in layer.inputs])
     return StepProfile({op: 1000 * value / steps for op, value in seconds.items()}, 1000 * total / steps,
-                       dict(forward_macs))
+                       timer.calls // steps, dict(forward_macs))
