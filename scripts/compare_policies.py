@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tinytrain.cli import add_debug_flag, run_script
+from tinytrain.cli import DefaultsHelpFormatter, add_debug_flag, run_script
 from tinytrain.policy_comparison import comparison_caption, comparison_trials
 from tinytrain.sparse import POLICIES
 from tinytrain.sweep import DEFAULT_RETRIES, INSTALL_HINT, run_and_summarize
@@ -28,7 +28,7 @@ def parse_args(argv):
                     "policies run as a sweep (scripts/sweep.py) on Ray, one per core with NUMBA_NUM_THREADS=1, or on "
                     "a cluster with --address; rerunning the same command skips finished policies and resumes "
                     f"stopped ones. Needs Ray: {INSTALL_HINT}.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES), help="policies to train")
     parser.add_argument("--resolution", type=int, default=DEFAULTS.resolution, help="input side in pixels")
     parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="passes over the training images")

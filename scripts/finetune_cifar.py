@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tinytrain.cli import add_debug_flag, run_script
+from tinytrain.cli import DefaultsHelpFormatter, add_debug_flag, run_script
 from tinytrain.cpu import thread_contention_warning
 from tinytrain.curves import INSTALL_HINT, plotting_available, write_curves
 from tinytrain.data import DEFAULT_TEST_FRACTION
@@ -36,7 +36,7 @@ def parse_args(argv):
                     "a stopped run exactly where it stopped. Every value is checked, and the output folder tried, "
                     "before any data is loaded. A run that diverges (non-finite or exploding weights, or a loss far "
                     "above its running level) stops with an error naming the last good checkpoint.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--model", help="a pruned model file written by scripts/prune_model.py (default: the "
                                         "pretrained MobileNetV2-1.0); --ratio is then a fraction of its conv weights")
     parser.add_argument("--weights", metavar="PATH.tflite",

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tinytrain.cli import DefaultsHelpFormatter
 from tinytrain.data import DataError, load_cifar10
 from tinytrain.graph import Graph
 from tinytrain.memory import MEASURING_ARENA_BYTES, measure_inference
@@ -31,7 +32,7 @@ def parse_args(argv):
                     "The result is a smaller dense model, written atomically to --output, that "
                     "tinytrain.pruned_model.load_pruned rebuilds at any resolution. Parameters, MACs and the inference "
                     "peak of the arena (measured, not computed) are printed before and after.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--ratio", type=float, default=0.3,
                         help="fraction of the channels of every pruned group to remove, in [0, 1)")
     parser.add_argument("--stage-ratios", type=float, nargs=len(STAGE_NAMES), metavar="R",

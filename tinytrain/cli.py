@@ -26,6 +26,15 @@ EXPECTED_ERRORS = (ArenaOverflow, CheckpointError, ConfigError, DataError, Expor
                    ModelMismatch, PrunedModelError, RuntimeLoadError, TrainingDiverged, WeightsError)
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to an option's help, unless it has no default or its help already says what it is."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
