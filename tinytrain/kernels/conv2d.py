@@ -13,8 +13,7 @@ from tinytrain.kernels.rows3x3 import (add_plane_correlation, add_plane_correlat
 # - register_jitable: callable from plain Python, and compiled into the jitted kernels that call them.
 # - They walk row views from index 0, and stride 1 gets its own loop: LLVM then sees a contiguous, unit-step loop
 #   that it vectorises (about 4x faster than one loop with a run-time stride).
-# - Numba's cache only watches the file of the jitted kernel: after editing these or rows3x3.py, also touch
-#   depthwise.py and depthwise_inplace.py (or delete tinytrain/kernels/__pycache__), or they keep old compiled code.
+# - Numba caches a kernel by its own file; kernels/cache.py drops the cache when these or rows3x3.py change.
 # ---------------------------------------------------------------------------------------------------------------------
 
 

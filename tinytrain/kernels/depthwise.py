@@ -4,8 +4,7 @@ import numpy as np
 from numba import njit, prange
 
 # 3 x 3 at stride 1 or 2 (every depthwise conv of MobileNetV2) runs a whole row at a time (rows3x3.py); other sizes
-# run the tap-by-tap primitives of conv2d. Numba's cache does not see edits to those files from here: after changing
-# them, touch this file too.
+# run the tap-by-tap primitives of conv2d.
 # MobileNetV2's two geometries, stride 1 with padding 1 and stride 2 with TF "SAME" padding (none at the top and
 # left), get calls of their own with the geometry as constants: LLVM then compiles the plane code specialised to each,
 # border tests and index arithmetic folded (about 1.3x faster over the network, most on its small planes).

@@ -5,7 +5,6 @@ from numba import njit
 from numba.extending import register_jitable
 
 # The same primitives as the out-of-place kernels, so the sums run in the same order and agree bit for bit.
-# Numba's cache does not see edits to conv2d.py or rows3x3.py from here: after changing them, touch this file too.
 from tinytrain.kernels.conv2d import add_tap, add_tap_transposed
 from tinytrain.kernels.rows3x3 import add_plane_correlation, add_plane_correlation_transposed, is_rows3x3
 
