@@ -119,6 +119,13 @@ class DynamicPolicy(Policy):
                 raise ValueError(f"{x.name}: pool of {len(self.pools[x.name])} channels, {x.channels} drawn per step")
         self._last_key = None
         self._last_plan = None
+        # What every draw shares, made once and read-only: a draw then costs the random picks and little else.
+        self._every_row = {x.name: _read_only(np.arange(graph.layer(x.name).out_channels, dtype=np.int64))
+                           for x in layers if not graph.layer(x.name).selects_input_by_output}
+        self._fixed = _with_biases_and_classifier(graph, {}, bias_layers).updates
+        for update in self._fixed.values():
+            _read_only(update.out_channels)
+            _read_only(update.in_channels)
 
     def plan(self, step, epoch):
         key = step if self.redraw == "step" else epoch
@@ -128,12 +135,22 @@ class DynamicPolicy(Policy):
         return self._last_plan
 
     def _draw(self, rng: np.random.Generator) -> UpdatePlan:
+        """rng.choice picks positions in each pool, in layer order: a pool's size alone decides which random numbers
+        are used, so a pool of custom channels draws exactly as one of all channels would."""
         updates = {}
         for x in self.layers:
-            layer = self.graph.layer(x.name)
             pool = self.pools[x.name]
-            updates[x.name] = _channel_update(layer, rng.choice(pool, size=x.channels, replace=False))
-        return _with_biases_and_classifier(self.graph, updates, self.bias_layers)
+            channels = pool[rng.choice(len(pool), size=x.channels, replace=False)]
+            channels.sort()
+            updates[x.name] = LayerUpdate(self._every_row.get(x.name, channels), channels)
+        for name, update in self._fixed.items():
+            updates.setdefault(name, update)
+        return UpdatePlan(updates)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
 
 
 def _with_biases_and_classifier(graph: Graph, updates: dict[str, LayerUpdate],
