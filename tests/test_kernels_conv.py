@@ -1,19 +1,23 @@
 """Convolution kernels (conv2d, depthwise, pointwise): hand cases, central differences, PyTorch, sparse slices."""
 
+import os
+
+import numba
 import numpy as np
 import pytest
 from kernel_references import (conv_output_size, numerical_gradient, random_array, selection, torch_conv2d,
                                torch_gradients, unwritten)
 from numba import njit
 
-from tinytrain.kernels.blas import add_transposed_product
+from tinytrain.kernels.blas import transposed_product
 from tinytrain.kernels.channels import _bias_backward, bias_backward
 from tinytrain.kernels.conv2d import (_conv2d_backward_input, _conv2d_backward_weight, _conv2d_forward,
                                       conv2d_backward_input, conv2d_backward_weight, conv2d_forward)
 from tinytrain.kernels.depthwise import (_depthwise_backward_input, _depthwise_backward_weight, _depthwise_forward,
                                          depthwise_backward_input, depthwise_backward_weight, depthwise_forward)
-from tinytrain.kernels.pointwise import (_pointwise_backward_input, _pointwise_backward_weight, _pointwise_forward,
-                                         pointwise_backward_input, pointwise_backward_weight, pointwise_forward)
+from tinytrain.kernels.pointwise import (ALIGNMENT, PARALLEL_MACS, _pointwise_backward_input, _pointwise_backward_weight,
+                                         _pointwise_forward, parallel_blocks, pointwise_backward_input,
+                                         pointwise_backward_weight, pointwise_forward)
 
 # float32 kernels against a float64 reference: sums of a few hundred O(1) products agree to ~1e-5.
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)
@@ -77,7 +81,7 @@ def test_pointwise_by_hand():
     out = unwritten(2, 3)
     weight = np.array([[1, 2], [3, 4]], dtype=np.float32)
     input = np.array([[1, 0, 2], [0, 1, 1]], dtype=np.float32)
-    pointwise_forward(out, input, weight, np.array([10, 20], dtype=np.float32))
+    pointwise_forward(out, input, weight, np.array([10, 20], dtype=np.float32), 1)
     np.testing.assert_array_equal(out, [[11, 12, 14], [23, 24, 30]])
 
 
@@ -141,11 +145,11 @@ def test_pointwise_central_differences():
     out = np.zeros_like(dout)
 
     def loss():
-        _pointwise_forward(out, input, weight, bias)
+        _pointwise_forward(out, input, weight, bias, 1)
         return np.sum(out * dout)
 
     dinput, dweight = np.zeros_like(input), np.zeros_like(weight)
-    _pointwise_backward_input(dinput, dout, weight, False)
+    _pointwise_backward_input(dinput, dout, weight, False, 1)
     _pointwise_backward_weight(dweight, dout, input, np.arange(n_out))
     np.testing.assert_allclose(dinput, numerical_gradient(loss, input), **FINITE_DIFFERENCE_TOLERANCE)
     np.testing.assert_allclose(dweight, numerical_gradient(loss, weight), **FINITE_DIFFERENCE_TOLERANCE)
@@ -228,8 +232,9 @@ def test_depthwise_matches_torch(n_channels, height, width, kernel, stride, padd
     np.testing.assert_array_equal(dweight_selected, dweight[channels])
 
 
+@pytest.mark.parametrize("blocks", [1, 2, 3])
 @pytest.mark.parametrize("n_in, n_out, n_pixels", [(3, 5, 1), (7, 4, 37), (16, 24, 49)])
-def test_pointwise_matches_torch(n_in, n_out, n_pixels):
+def test_pointwise_matches_torch(n_in, n_out, n_pixels, blocks):
     rng = np.random.default_rng(5)
     input, weight, bias = random_array(rng, n_in, n_pixels), random_array(rng, n_out, n_in), random_array(rng, n_out)
     dout = random_array(rng, n_out, n_pixels)
@@ -237,9 +242,11 @@ def test_pointwise_matches_torch(n_in, n_out, n_pixels):
                                                                          input, weight, bias)
 
     out = unwritten(n_out, n_pixels)
-    pointwise_forward(out, input, weight, bias)
+    pointwise_forward(out, input, weight, bias, blocks)
     np.testing.assert_allclose(out, expected_out, **TOLERANCE)
-    check_input_gradient(pointwise_backward_input, expected_dinput, rng, dout, weight)
+    check_input_gradient(lambda dinput, dout, weight, accumulate:
+                         pointwise_backward_input(dinput, dout, weight, accumulate, blocks),
+                         expected_dinput, rng, dout, weight)
 
     dweight = unwritten(n_out, n_in)
     pointwise_backward_weight(dweight, dout, input, np.arange(n_out))
@@ -261,19 +268,55 @@ def test_pointwise_selected_weight_gradient_is_dense_slice():
 
 
 @njit
-def jitted_add_transposed_product(out, a, b):
-    add_transposed_product(out, a, b)
+def jitted_transposed_product(out, a, b, accumulate):
+    transposed_product(out, a, b, accumulate)
 
 
+@pytest.mark.parametrize("accumulate", [True, False])
 @pytest.mark.parametrize("columns", [slice(3, 80), slice(0, 90, 2), slice(5, 5)])
-def test_accumulated_product_on_views(columns):
-    # The accumulating input gradient's sgemm reads rows a whole row apart: a block of columns of a wider array (rows
-    # further apart than its width) goes through BLAS, columns that are not adjacent through the loop, none at all
-    # through neither.
+def test_transposed_product_on_views(columns, accumulate):
+    # The input gradient's sgemm reads rows a whole row apart: a block of columns of a wider array (rows further apart
+    # than its width) goes through BLAS, columns that are not adjacent through the loop, none at all through neither.
+    # Only the view is written.
     rng = np.random.default_rng(7)
     weight, dout = random_array(rng, 6, 5), random_array(rng, 6, 90)
     dinput = random_array(rng, 5, 90)
     expected = dinput.astype(np.float64)
-    expected[:, columns] += weight.T.astype(np.float64) @ dout[:, columns]
-    jitted_add_transposed_product(dinput[:, columns], weight, dout[:, columns])
+    product = weight.T.astype(np.float64) @ dout[:, columns]
+    expected[:, columns] = expected[:, columns] + product if accumulate else product
+    jitted_transposed_product(dinput[:, columns], weight, dout[:, columns], accumulate)
     np.testing.assert_allclose(dinput, expected, **TOLERANCE)
+
+
+@pytest.mark.parametrize("accumulate", [True, False])
+@pytest.mark.parametrize("n_in, n_out, n_pixels", [(96, 144, 1024), (24, 16, 4096), (160, 960, 16), (960, 160, 16)])
+def test_pointwise_in_blocks(n_in, n_out, n_pixels, accumulate):
+    """A large product runs as one sgemm per block of output rows, or of pixel columns when the rows are few. Any
+    number of blocks gives the product, and the same bits on one thread as on all."""
+    rng = np.random.default_rng(8)
+    x, weight, bias = random_array(rng, n_in, n_pixels), random_array(rng, n_out, n_in), random_array(rng, n_out)
+    dout, start = random_array(rng, n_out, n_pixels), random_array(rng, n_in, n_pixels)
+    expected_dinput = (start.astype(np.float64) if accumulate else 0.0) + weight.T.astype(np.float64) @ dout
+    for blocks in (1, 2, 3, 5):
+        results = []
+        for threads in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            try:
+                out, dinput = unwritten(n_out, n_pixels), start.copy()
+                pointwise_forward(out, x, weight, bias, blocks)
+                pointwise_backward_input(dinput, dout, weight, accumulate, blocks)
+            finally:
+                numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+            results.append((out, dinput))
+        np.testing.assert_array_equal(results[0][0], results[1][0])
+        np.testing.assert_array_equal(results[0][1], results[1][1])
+        np.testing.assert_allclose(out, weight.astype(np.float64) @ x + bias[:, None], **TOLERANCE)
+        np.testing.assert_allclose(dinput, expected_dinput, **TOLERANCE)
+
+
+def test_large_products_get_a_block_per_core():
+    cores = os.cpu_count()
+    assert parallel_blocks(PARALLEL_MACS - 1, 1000, 1000) == 1
+    assert parallel_blocks(PARALLEL_MACS, 1000, 16) == min(cores, 1000 // ALIGNMENT)
+    assert parallel_blocks(PARALLEL_MACS, 16, 4096) == min(cores, 4096 // ALIGNMENT)
+    assert parallel_blocks(PARALLEL_MACS, ALIGNMENT, ALIGNMENT) == 1  # neither side has two groups

@@ -12,7 +12,7 @@ import numpy as np
 from tinytrain.kernels.conv2d import conv2d_backward_input, conv2d_backward_weight, conv2d_forward
 from tinytrain.kernels.depthwise import depthwise_backward_input, depthwise_backward_weight, depthwise_forward
 from tinytrain.kernels.depthwise_inplace import depthwise_backward_input_inplace, depthwise_forward_inplace
-from tinytrain.kernels.pointwise import pointwise_backward_input
+from tinytrain.kernels.pointwise import parallel_blocks, pointwise_backward_input
 from tinytrain.kernels.relu6 import relu6_backward, relu6_forward
 
 # Patch-based execution runs the front depthwise convs on tiles with halos: (C, H, W, stride, pad_top, pad_left).
@@ -93,8 +93,9 @@ def _pointwise_cases(rng, n_in, n_out, n_pixels, calls):
     dx, dout, weight = _random(rng, n_in, n_pixels), _random(rng, n_out, n_pixels), _random(rng, n_out, n_in)
     label = f"({n_in}, {n_pixels}) <- {n_out}"
     flops = 2 * n_in * n_out * n_pixels
+    blocks = parallel_blocks(n_in * n_out * n_pixels, n_in, n_pixels)
     return [KernelCase(f"pointwise_backward_input{'_accumulate' if accumulate else ''}", label, calls, flops,
-                       lambda accumulate=accumulate: pointwise_backward_input(dx, dout, weight, accumulate),
+                       lambda accumulate=accumulate: pointwise_backward_input(dx, dout, weight, accumulate, blocks),
                        _nothing)
             for accumulate in (False, True)]
 

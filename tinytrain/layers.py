@@ -13,7 +13,8 @@ from tinytrain.kernels.conv2d import conv2d_backward_input, conv2d_backward_weig
 from tinytrain.kernels.depthwise import depthwise_backward_input, depthwise_backward_weight, depthwise_forward
 from tinytrain.kernels.depthwise_inplace import depthwise_backward_input_inplace, depthwise_forward_inplace
 from tinytrain.kernels.linear import linear_backward_input, linear_backward_weight, linear_forward
-from tinytrain.kernels.pointwise import pointwise_backward_input, pointwise_backward_weight, pointwise_forward
+from tinytrain.kernels.pointwise import (parallel_blocks, pointwise_backward_input, pointwise_backward_weight,
+                                        pointwise_forward)
 from tinytrain.kernels.pointwise_residual import pointwise_residual_forward
 from tinytrain.kernels.pool import global_avg_pool_backward, global_avg_pool_forward
 from tinytrain.kernels.relu6 import relu6_backward, relu6_forward
@@ -203,14 +204,17 @@ class Pointwise(WeightedLayer):
         return int(self.weight.size) * height * width
 
     def forward(self, out, x, call=call_now):
-        call(pointwise_forward, flat_channels(out), flat_channels(x), self.weight, self.bias)
+        out, x = flat_channels(out), flat_channels(x)
+        call(pointwise_forward, out, x, self.weight, self.bias, parallel_blocks(out.size * x.shape[0], *out.shape))
 
     def forward_into_residual(self, residual, x, scratch, call=call_now):
         """residual += this layer's output, computed `scratch.shape[0]` rows at a time."""
         call(pointwise_residual_forward, flat_channels(residual), flat_channels(x), self.weight, self.bias, scratch)
 
     def backward_input(self, dx, dout, accumulate, call=call_now):
-        call(pointwise_backward_input, flat_channels(dx), flat_channels(dout), self.weight, accumulate)
+        dx, dout = flat_channels(dx), flat_channels(dout)
+        call(pointwise_backward_input, dx, dout, self.weight, accumulate,
+             parallel_blocks(dx.size * dout.shape[0], *dx.shape))
 
     def backward_weight(self, dweight, dout, saved_input, out_channels, call=call_now):
         call(pointwise_backward_weight, dweight, flat_channels(dout), flat_channels(saved_input), out_channels)

@@ -1,40 +1,96 @@
 """Pointwise (1 x 1) convolution as matrix products over the P = H*W pixels of (C, P) views: forward and gradients."""
 
-import numpy as np
-from numba import njit
+import os
 
-from tinytrain.kernels.blas import add_transposed_product
+import numpy as np
+from numba import njit, prange
+from numba.extending import register_jitable
+
+from tinytrain.kernels.blas import product, transposed_product
 
 # np.dot(a, b, out) in a Numba kernel calls BLAS sgemm and writes straight into `out` without allocating, provided
 # every operand has a C or F layout (a transposed view such as weight.T is F and only flips a BLAS flag; an arbitrary
 # strided view would be copied first). Callers pass C-contiguous arena views.
+# BLAS runs one thread (tinytrain/__init__.py), so a large product is split into `blocks` blocks, one per Numba thread,
+# each its own sgemm: blocks of output rows when there are enough of them (the late layers: many channels, few
+# pixels), else blocks of pixel columns (the early layers). sgemm may round a block's sums differently from the
+# whole product's (it picks its kernels by size), so the blocks follow from the shape and the machine's cores alone,
+# never from the Numba thread count: a run gives the same bits on one thread as on all of them. Blocks start at
+# multiples of ALIGNMENT, whole register tiles of sgemm. The caller chooses `blocks` (parallel_blocks): a kernel
+# that asked for the machine's cores could not be cached.
+PARALLEL_MACS = 1 << 18  # below this, the threads' start-up costs more than half the product
+ALIGNMENT = 48  # a multiple of either side of an sgemm register tile (4, 6, 8, 12 or 16 in OpenBLAS x86-64 kernels)
 
 
-def _pointwise_forward(out, input, weight, bias):
-    """out = weight @ input + bias[:, None]; out (K, P), input (C, P), weight (K, C), bias (K,)."""
-    np.dot(weight, input, out)
-    n_out, n_pixels = out.shape
-    for k in range(n_out):
-        for p in range(n_pixels):  # explicit: Numba's `out[k] += bias[k]` would allocate a temporary row
+def parallel_blocks(macs: int, rows: int, columns: int) -> int:
+    """How many blocks a product of `macs` multiply-adds into a (rows, columns) output runs in: one per core of the
+    machine if it is large enough and one of its sides has that many ALIGNMENT-sized groups, else 1."""
+    if macs < PARALLEL_MACS:
+        return 1
+    return max(1, min(os.cpu_count() or 1, max(rows, columns) // ALIGNMENT))
+
+
+@register_jitable
+def block_span(block, blocks, size):
+    """[first, last) of block `block` of `blocks` along a side of `size`: whole groups of ALIGNMENT, shared evenly."""
+    groups = (size + ALIGNMENT - 1) // ALIGNMENT
+    return (block * groups // blocks) * ALIGNMENT, min(size, ((block + 1) * groups // blocks) * ALIGNMENT)
+
+
+@register_jitable
+def splits_rows(blocks, rows):
+    """Whether `blocks` blocks of a product with `rows` output rows split the rows (else the columns)."""
+    return rows // ALIGNMENT >= blocks
+
+
+@register_jitable
+def add_bias(out, bias, first, last):
+    for k in range(out.shape[0]):
+        for p in range(first, last):  # explicit: Numba's `out[k] += bias[k]` would allocate a temporary row
             out[k, p] += bias[k]
 
 
-pointwise_forward = njit(cache=True)(_pointwise_forward)
+def _pointwise_forward(out, input, weight, bias, blocks):
+    """out = weight @ input + bias[:, None]; out (K, P), input (C, P), weight (K, C), bias (K,); in `blocks`
+    blocks."""
+    n_out, n_pixels = out.shape
+    if blocks <= 1:
+        np.dot(weight, input, out)
+        add_bias(out, bias, 0, n_pixels)
+        return
+    by_rows = splits_rows(blocks, n_out)
+    for block in prange(blocks):
+        if by_rows:
+            first, last = block_span(block, blocks, n_out)
+            np.dot(weight[first:last], input, out[first:last])
+            add_bias(out[first:last], bias[first:last], 0, n_pixels)
+        else:
+            first, last = block_span(block, blocks, n_pixels)
+            product(out[:, first:last], weight, input[:, first:last])
+            add_bias(out, bias, first, last)
 
 
-def _pointwise_backward_input(dinput, dout, weight, accumulate):
-    """dinput (= or +=) weight.T @ dout; dinput (C, P), dout (K, P), weight (K, C).
-
-    np.dot always overwrites its output (BLAS beta = 0) and adding its result would need scratch, so accumulating
-    calls sgemm with beta = 1 itself (blas.py).
-    """
-    if accumulate:
-        add_transposed_product(dinput, weight, dout)
-    else:
-        np.dot(weight.T, dout, dinput)
+pointwise_forward = njit(cache=True, parallel=True)(_pointwise_forward)
 
 
-pointwise_backward_input = njit(cache=True)(_pointwise_backward_input)
+def _pointwise_backward_input(dinput, dout, weight, accumulate, blocks):
+    """dinput (= or +=) weight.T @ dout; dinput (C, P), dout (K, P), weight (K, C); in `blocks` blocks. A block of
+    dinput's rows reads a block of weight's columns, a strided view that sgemm takes as it is (blas.py)."""
+    n_in, n_pixels = dinput.shape
+    if blocks <= 1:
+        transposed_product(dinput, weight, dout, accumulate)
+        return
+    by_rows = splits_rows(blocks, n_in)
+    for block in prange(blocks):
+        if by_rows:
+            first, last = block_span(block, blocks, n_in)
+            transposed_product(dinput[first:last], weight[:, first:last], dout, accumulate)
+        else:
+            first, last = block_span(block, blocks, n_pixels)
+            transposed_product(dinput[:, first:last], weight, dout[:, first:last], accumulate)
+
+
+pointwise_backward_input = njit(cache=True, parallel=True)(_pointwise_backward_input)
 
 
 def _pointwise_backward_weight(dweight, dout, input_selected, out_channels):
