@@ -209,7 +209,9 @@ class Pointwise(WeightedLayer):
 
     def forward_into_residual(self, residual, x, scratch, call=call_now):
         """residual += this layer's output, computed `scratch.shape[0]` rows at a time."""
-        call(pointwise_residual_forward, flat_channels(residual), flat_channels(x), self.weight, self.bias, scratch)
+        residual, x = flat_channels(residual), flat_channels(x)
+        call(pointwise_residual_forward, residual, x, self.weight, self.bias, scratch,
+             parallel_blocks(scratch.shape[0] * x.size, 0, residual.shape[1]))  # it splits pixel columns only
 
     def backward_input(self, dx, dout, accumulate, call=call_now):
         dx, dout = flat_channels(dx), flat_channels(dout)
