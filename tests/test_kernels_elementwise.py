@@ -9,7 +9,7 @@ from kernel_references import numerical_gradient, random_array, selection, torch
 from tinytrain.kernels.channels import bias_backward, gather_channels
 from tinytrain.kernels.pool import _global_avg_pool_backward, _global_avg_pool_forward, global_avg_pool_backward
 from tinytrain.kernels.pool import global_avg_pool_forward
-from tinytrain.kernels.relu6 import relu6_backward, relu6_forward
+from tinytrain.kernels.relu6 import CHUNK, relu6_backward, relu6_forward
 from tinytrain.kernels.residual import add_forward
 
 
@@ -33,7 +33,7 @@ def test_relu6_by_hand():
     np.testing.assert_array_equal(dx, [0, 0, 3, 0, 0, 6, 7, 8, 0])
 
 
-@pytest.mark.parametrize("n", [1, 8, 37, 1000])
+@pytest.mark.parametrize("n", [1, 8, 37, 1000, 3 * CHUNK + 13])  # the last: chunks across the threads
 def test_relu6_matches_torch(n):
     rng = np.random.default_rng(10)
     x = relu6_input(rng, n)
