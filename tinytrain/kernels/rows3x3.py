@@ -215,6 +215,45 @@ def add_same_size_plane_correlation(out, out_plane, input, in_plane, w00, w01, w
 
 
 @register_jitable(fastmath={"contract"})
+def add_halving_plane_correlation_transposed(dinput, dinput_plane, dout, dout_plane, weight, weight_plane, keep):
+    """add_plane_correlation_transposed at stride 2 with no padding before (TF "SAME" on an even input, every
+    stride-2 depthwise conv of MobileNetV2), dinput (., 2 Ho, 2 Wo) and dout (., Ho, Wo): each 2 x 2 block of dinput
+    at (2y, 2x) takes its taps from dout[y, x], dout[y, x - 1], dout[y - 1, x] and dout[y - 1, x - 1] alone, an even
+    row or column from taps 0 and 2, an odd one from tap 1. Written block by block with no per-pixel tests (2-3x
+    faster on the small planes of a network's end); the sums run in add_plane_correlation_transposed's order, tap
+    row ky first, so the results are the same bits.
+    """
+    out_h, out_w = dout.shape[1:]
+    w00, w01, w02 = weight[weight_plane, 0, 0], weight[weight_plane, 0, 1], weight[weight_plane, 0, 2]
+    w10, w11, w12 = weight[weight_plane, 1, 0], weight[weight_plane, 1, 1], weight[weight_plane, 1, 2]
+    w20, w21, w22 = weight[weight_plane, 2, 0], weight[weight_plane, 2, 1], weight[weight_plane, 2, 2]
+    zero = np.float32(0.0)
+    for y in range(out_h):
+        even, odd = 2 * y, 2 * y + 1
+        above = max(0, y - 1)  # dout row y - 1, read only when y >= 1
+        for x in range(out_w):
+            left = max(0, x - 1)  # dout column x - 1, read only when x >= 1
+            d = dout[dout_plane, y, x]
+            total = (dinput[dinput_plane, even, 2 * x] if keep else zero) + w00 * d
+            if x >= 1:
+                total = total + w02 * dout[dout_plane, y, left]
+            if y >= 1:
+                total = total + w20 * dout[dout_plane, above, x]
+                if x >= 1:
+                    total = total + w22 * dout[dout_plane, above, left]
+            dinput[dinput_plane, even, 2 * x] = total
+            total = (dinput[dinput_plane, even, 2 * x + 1] if keep else zero) + w01 * d
+            if y >= 1:
+                total = total + w21 * dout[dout_plane, above, x]
+            dinput[dinput_plane, even, 2 * x + 1] = total
+            total = (dinput[dinput_plane, odd, 2 * x] if keep else zero) + w10 * d
+            if x >= 1:
+                total = total + w12 * dout[dout_plane, y, left]
+            dinput[dinput_plane, odd, 2 * x] = total
+            dinput[dinput_plane, odd, 2 * x + 1] = (dinput[dinput_plane, odd, 2 * x + 1] if keep else zero) + w11 * d
+
+
+@register_jitable(fastmath={"contract"})
 def add_plane_correlation_transposed(dinput, dinput_plane, dout, dout_plane, weight, weight_plane, stride, pad_top,
                                      pad_left, keep):
     """dinput[dinput_plane] = (dinput[dinput_plane] if keep else 0) + the adjoint of add_plane_correlation.
@@ -230,6 +269,9 @@ def add_plane_correlation_transposed(dinput, dinput_plane, dout, dout_plane, wei
         return
     in_h, in_w = dinput.shape[1:]
     out_h, out_w = dout.shape[1:]
+    if pad_top == 0 and pad_left == 0 and in_h == 2 * out_h and in_w == 2 * out_w:
+        add_halving_plane_correlation_transposed(dinput, dinput_plane, dout, dout_plane, weight, weight_plane, keep)
+        return
     if not keep:
         for i in range(in_h):
             for j in range(in_w):
