@@ -61,6 +61,10 @@ def add_plane_correlation(out, out_plane, input, in_plane, weight, weight_plane,
         add_same_size_plane_correlation(out, out_plane, input, in_plane, w00, w01, w02, w10, w11, w12, w20, w21, w22,
                                         start, keep)
         return
+    if stride == 2 and pad_top == 0 and pad_left == 0 and in_h == 2 * out_h and in_w == 2 * out_w:
+        add_halving_plane_correlation(out, out_plane, input, in_plane, w00, w01, w02, w10, w11, w12, w20, w21, w22,
+                                      start, keep)
+        return
     y_low, y_high = interior_outputs(out_h, in_h, -pad_top, stride)
     x_low, x_high = interior_outputs(out_w, in_w, -pad_left, stride)
     n = x_high - x_low
@@ -212,6 +216,48 @@ def add_same_size_plane_correlation(out, out_plane, input, in_plane, w00, w01, w
             if has_bottom:
                 total = total + w20 * input[in_plane, r2, edge] + w21 * input[in_plane, r2, edge + 1]
             out[out_plane, y, width - 1] = total
+
+
+@register_jitable(fastmath={"contract"})
+def add_halving_plane_correlation(out, out_plane, input, in_plane, w00, w01, w02, w10, w11, w12, w20, w21, w22,
+                                  start, keep):
+    """add_plane_correlation at stride 2 with no padding before (TF "SAME" on an even input: every stride-2
+    depthwise conv of MobileNetV2), out (., Ho, Wo) and input (., 2 Ho, 2 Wo), with the taps w00..w22 given. Only
+    the last row and column reach the padding (tap 2 falls past the input), so each row is a run of Wo - 1 pixels
+    with all their taps and a last pixel with two columns of them, and the last row has two rows of taps: no
+    per-pixel tests. The sums run in add_plane_correlation's order, so the results are the same bits.
+    """
+    out_h, out_w = out.shape[1:]
+    for y in range(out_h):
+        r0, r1, r2 = 2 * y, 2 * y + 1, min(2 * y + 2, 2 * out_h - 1)  # r2 is read only when it is inside
+        if y + 1 < out_h:
+            for x in range(out_w - 1):
+                i = 2 * x
+                out[out_plane, y, x] = (
+                    (out[out_plane, y, x] if keep else start)
+                    + w00 * input[in_plane, r0, i] + w01 * input[in_plane, r0, i + 1] + w02 * input[in_plane, r0, i + 2]
+                    + w10 * input[in_plane, r1, i] + w11 * input[in_plane, r1, i + 1] + w12 * input[in_plane, r1, i + 2]
+                    + w20 * input[in_plane, r2, i] + w21 * input[in_plane, r2, i + 1]
+                    + w22 * input[in_plane, r2, i + 2])
+            i = 2 * out_w - 2
+            out[out_plane, y, out_w - 1] = (
+                (out[out_plane, y, out_w - 1] if keep else start)
+                + w00 * input[in_plane, r0, i] + w01 * input[in_plane, r0, i + 1]
+                + w10 * input[in_plane, r1, i] + w11 * input[in_plane, r1, i + 1]
+                + w20 * input[in_plane, r2, i] + w21 * input[in_plane, r2, i + 1])
+        else:
+            for x in range(out_w - 1):
+                i = 2 * x
+                out[out_plane, y, x] = (
+                    (out[out_plane, y, x] if keep else start)
+                    + w00 * input[in_plane, r0, i] + w01 * input[in_plane, r0, i + 1] + w02 * input[in_plane, r0, i + 2]
+                    + w10 * input[in_plane, r1, i] + w11 * input[in_plane, r1, i + 1]
+                    + w12 * input[in_plane, r1, i + 2])
+            i = 2 * out_w - 2
+            out[out_plane, y, out_w - 1] = (
+                (out[out_plane, y, out_w - 1] if keep else start)
+                + w00 * input[in_plane, r0, i] + w01 * input[in_plane, r0, i + 1]
+                + w10 * input[in_plane, r1, i] + w11 * input[in_plane, r1, i + 1])
 
 
 @register_jitable(fastmath={"contract"})
