@@ -1,7 +1,5 @@
 """Convolution kernels (conv2d, depthwise, pointwise): hand cases, central differences, PyTorch, sparse slices."""
 
-import os
-
 import numba
 import numpy as np
 import pytest
@@ -315,7 +313,7 @@ def test_pointwise_in_blocks(n_in, n_out, n_pixels, accumulate):
 
 
 def test_large_products_get_a_block_per_core():
-    cores = os.cpu_count()
+    cores = numba.config.NUMBA_DEFAULT_NUM_THREADS
     assert parallel_blocks(PARALLEL_MACS - 1, 1000, 1000) == 1
     assert parallel_blocks(PARALLEL_MACS, 1000, 16) == min(cores, 1000 // ALIGNMENT)
     assert parallel_blocks(PARALLEL_MACS, 16, 4096) == min(cores, 4096 // ALIGNMENT)

@@ -1,7 +1,6 @@
 """Pointwise (1 x 1) convolution as matrix products over the P = H*W pixels of (C, P) views: forward and gradients."""
 
-import os
-
+import numba
 import numpy as np
 from numba import njit, prange
 from numba.extending import register_jitable
@@ -14,8 +13,8 @@ from tinytrain.kernels.blas import product, transposed_product
 # BLAS runs one thread (tinytrain/__init__.py), so a large product is split into `blocks` blocks, one per Numba thread,
 # each its own sgemm: blocks of output rows when there are enough of them (the late layers: many channels, few
 # pixels), else blocks of pixel columns (the early layers). sgemm may round a block's sums differently from the
-# whole product's (it picks its kernels by size), so the blocks follow from the shape and the machine's cores alone,
-# never from the Numba thread count: a run gives the same bits on one thread as on all of them. Blocks start at
+# whole product's (it picks its kernels by size), so the blocks follow from the shape and the machine's cores alone
+# (Numba's default thread count), never from NUMBA_NUM_THREADS: a run gives the same bits on one thread as on all. Blocks start at
 # multiples of ALIGNMENT, whole register tiles of sgemm. The caller chooses `blocks` (parallel_blocks): a kernel
 # that asked for the machine's cores could not be cached.
 PARALLEL_MACS = 1 << 18  # below this, the threads' start-up costs more than half the product
@@ -27,7 +26,7 @@ def parallel_blocks(macs: int, rows: int, columns: int) -> int:
     machine if it is large enough and one of its sides has that many ALIGNMENT-sized groups, else 1."""
     if macs < PARALLEL_MACS:
         return 1
-    return max(1, min(os.cpu_count() or 1, max(rows, columns) // ALIGNMENT))
+    return max(1, min(numba.config.NUMBA_DEFAULT_NUM_THREADS, max(rows, columns) // ALIGNMENT))
 
 
 @register_jitable
