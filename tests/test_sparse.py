@@ -9,7 +9,7 @@ from tinytrain.engine import SGD, Engine, MicroBatch
 from tinytrain.graph import Graph
 from tinytrain.memory import measure_training_step
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
-from tinytrain.plan import LayerUpdate, UpdatePlan, full_update
+from tinytrain.plan import LayerUpdate, UpdatePlan, covers_all, full_update
 from tinytrain.sparse import Coverage, conv_weight_fraction, make_policy, sparse_layers
 from tinytrain.torch_reference import TorchGraph
 
@@ -242,3 +242,10 @@ def test_an_error_abandons_the_micro_batch_and_frees_its_sums(image):
     for index in range(2):  # a new micro-batch starts from zero sums
         engine.train_step(image, 1 + index, plan, sgd, micro_batch=MicroBatch(index, 2))
     assert arena.live_bytes == arena.live_bytes_by_kind["optim"] > 0
+
+
+def test_a_saved_input_is_whole_only_for_every_channel_in_order():
+    assert covers_all(np.arange(6, dtype=np.int64), 6)
+    assert not covers_all(np.array([0, 1, 2, 3, 5, 4], dtype=np.int64), 6)  # all of them, but not in order
+    assert not covers_all(np.arange(5, dtype=np.int64), 6)
+    assert covers_all(np.zeros(0, dtype=np.int64), 0)

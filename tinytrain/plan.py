@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tinytrain.graph import Graph
-from tinytrain.kernels.channel_check import first_invalid_channel
+from tinytrain.kernels.channel_check import first_invalid_channel, is_every_channel
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,9 @@ def full_update(layer) -> LayerUpdate:
 
 
 def covers_all(channels: np.ndarray, count: int) -> bool:
-    return len(channels) == count and bool(np.all(channels == np.arange(count)))
+    """Whether `channels` is every one of `count` channels, in order (checked without allocating: it runs every
+    step)."""
+    return len(channels) == count and is_every_channel(channels, count)
 
 
 # Saved-input modes of a trained layer: keep its whole input alive, or keep a compact copy of the chosen channels.

@@ -1,4 +1,4 @@
-"""Checks a drawn channel list without allocating: every channel in range, none repeated."""
+"""Checks a drawn channel list without allocating: every channel in range, none repeated; or all channels in order."""
 
 from numba import njit
 
@@ -18,3 +18,16 @@ def _first_invalid_channel(channels, count, seen):
 
 
 first_invalid_channel = njit(cache=True)(_first_invalid_channel)
+
+
+def _is_every_channel(channels, count):
+    """Whether channels (n,) int64 is 0, 1, ..., count - 1."""
+    if channels.shape[0] != count:
+        return False
+    for position in range(count):
+        if channels[position] != position:
+            return False
+    return True
+
+
+is_every_channel = njit(cache=True)(_is_every_channel)
