@@ -105,7 +105,6 @@ def _transposed_product_jitted(out, a, b, accumulate):
     return blas_or_loop
 
 
-
 def product(out, a, b):
     """out (M, N) = a @ b, a (M, K), b (K, N). Plain Python: NumPy (it allocates; the jitted kernels do not)."""
     out[...] = a @ b
