@@ -60,9 +60,9 @@ def kernel_calls():
         ("gather_channels", channels.gather_channels, (array(2, n_pixels), array(n_in, n_pixels), some_in)),
         ("bias_backward", channels.bias_backward, (array(3), array(n_out, n_pixels), some_out)),
         ("pointwise_residual_forward", pointwise_residual.pointwise_residual_forward,
-         (array(n_out, n_pixels), array(n_in, n_pixels), array(n_out, n_in), array(n_out), array(3, n_pixels), 1)),
+         (array(n_out, n_pixels), array(n_in, n_pixels), array(n_out, n_in), array(n_out), 1)),
         ("pointwise_residual_forward-in-blocks", pointwise_residual.pointwise_residual_forward,
-         (array(n_out, n_pixels), array(n_in, n_pixels), array(n_out, n_in), array(n_out), array(3, n_pixels), 2)),
+         (array(n_out, n_pixels), array(n_in, n_pixels), array(n_out, n_in), array(n_out), 2)),
     ]
     # in place: the output is a view of the input's own buffer, so each call gets one buffer and two views of it
     for stride in (1, 2):

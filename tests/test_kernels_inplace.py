@@ -39,14 +39,14 @@ def test_depthwise_in_place_equals_out_of_place(stride, channels, height, width,
     np.testing.assert_array_equal(buffer.reshape(x.shape), expected_dx)
 
 
-@pytest.mark.parametrize("blocks", [1, 2, 5])  # blocks of pixel columns: 150 pixels are 4 groups of ALIGNMENT
-@pytest.mark.parametrize("rows", [1, 3, 16])  # scratch rows: fewer than, not dividing, more than the 7 outputs
-def test_pointwise_added_into_the_residual_equals_pointwise_then_add(rows, blocks):
-    rng = np.random.default_rng(rows)
-    x, weight, bias = random_array(rng, 5, 150), random_array(rng, 7, 5), random_array(rng, 7)
-    residual = random_array(rng, 7, 150)
-    product = np.empty((7, 150), np.float32)
+@pytest.mark.parametrize("blocks", [1, 2, 5])
+@pytest.mark.parametrize("n_out, n_pixels", [(7, 150), (100, 9)])  # blocks of columns, but 2 blocks of 100 rows
+def test_pointwise_added_into_the_residual_equals_pointwise_then_add(n_out, n_pixels, blocks):
+    rng = np.random.default_rng(n_out)
+    x, weight, bias = random_array(rng, 5, n_pixels), random_array(rng, n_out, 5), random_array(rng, n_out)
+    residual = random_array(rng, n_out, n_pixels)
+    product = np.empty((n_out, n_pixels), np.float32)
     pointwise_forward(product, x, weight, bias, 1)
     expected = residual + product
-    pointwise_residual_forward(residual, x, weight, bias, np.empty((rows, 150), np.float32), blocks)
+    pointwise_residual_forward(residual, x, weight, bias, blocks)
     np.testing.assert_allclose(residual, expected, rtol=1e-6, atol=1e-6)

@@ -160,8 +160,8 @@ def test_checked_mode_catches_an_op_that_writes_outside_its_outputs(monkeypatch)
     layer = graph.layer("features.9.project")
     forward = layer.forward_into_residual  # the lean schedule adds this projection into its residual stream
 
-    def forward_that_also_writes_its_input(out, x, scratch, call):
-        forward(out, x, scratch, call=call)
+    def forward_that_also_writes_its_input(out, x, call):
+        forward(out, x, call=call)
         x[0, 0, 0] = 1.0  # a wrong view: its input is not its output
 
     monkeypatch.setattr(layer, "forward_into_residual", forward_that_also_writes_its_input)

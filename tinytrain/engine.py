@@ -30,7 +30,6 @@ _NO_MASK = np.zeros(0, dtype=np.uint8)
 _NO_MOMENTUM = np.zeros((0, 0, 0), dtype=np.float32)
 _FIRST_COLUMN = np.zeros(1, dtype=np.int64)  # the only column of a depthwise or bias "matrix"
 REHEARSAL_ARENA_BYTES = 64 << 20  # large enough for dense training at 128x128 (about 11 MB), first-fit
-RESIDUAL_SCRATCH_BYTES = 4096  # rows of a projection computed at a time when it is added into its residual
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -310,13 +309,10 @@ class Engine:
                 # the projection is added straight into the residual stream, whose bytes become the add's output
                 add = graph.layers[residual_add]
                 residual = add.inputs[0] if add.inputs[1] == layer.output else add.inputs[1]
-                rows = max(1, min(layer.out_channels, RESIDUAL_SCRATCH_BYTES // (4 * inputs[0][0].size)))
-                scratch = arena.alloc(f"{layer.name}.scratch", (rows, inputs[0][0].size), np.float32, "scratch")
                 out_kind = "saved" if add.output in schedule.retained_by else "activation"
                 residual_ids = self._ids(tensors[residual])  # before its bytes change hands
                 out = arena.reuse(tensors.pop(residual), add.output, graph.shapes[add.output], np.float32, out_kind)
-                layer.forward_into_residual(out, inputs[0], scratch, call=self._call)
-                arena.free(scratch)
+                layer.forward_into_residual(out, inputs[0], call=self._call)
                 self._record(start, f"fwd {layer.name} + {add.name}", "pointwise_add", layer.name,
                              reads + residual_ids, self._macs(layer), step.update)
                 fused.add(residual_add)

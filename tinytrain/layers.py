@@ -207,11 +207,11 @@ class Pointwise(WeightedLayer):
         out, x = flat_channels(out), flat_channels(x)
         call(pointwise_forward, out, x, self.weight, self.bias, parallel_blocks(out.size * x.shape[0], *out.shape))
 
-    def forward_into_residual(self, residual, x, scratch, call=call_now):
-        """residual += this layer's output, computed `scratch.shape[0]` rows at a time."""
+    def forward_into_residual(self, residual, x, call=call_now):
+        """residual += this layer's output."""
         residual, x = flat_channels(residual), flat_channels(x)
-        call(pointwise_residual_forward, residual, x, self.weight, self.bias, scratch,
-             parallel_blocks(scratch.shape[0] * x.size, 0, residual.shape[1]))  # it splits pixel columns only
+        call(pointwise_residual_forward, residual, x, self.weight, self.bias,
+             parallel_blocks(residual.size * x.shape[0], *residual.shape))
 
     def backward_input(self, dx, dout, accumulate, call=call_now):
         dx, dout = flat_channels(dx), flat_channels(dout)

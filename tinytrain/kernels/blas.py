@@ -1,5 +1,6 @@
-"""out = a @ b and out (= or +=) a.T @ b through BLAS sgemm, for Numba kernels, on row-major views (rows further apart
-than their width, such as a block of columns): np.dot always overwrites its output, and would copy such a view first.
+"""out (= or +=) a @ b and out (= or +=) a.T @ b through BLAS sgemm, for Numba kernels, on row-major views (rows
+further apart than their width, such as a block of columns): np.dot always overwrites its output, and would copy
+such a view first.
 
 The sgemm is SciPy's (scipy.linalg.cython_blas, the BLAS that Numba's np.dot calls too). Its address is registered
 with LLVM under a name, and the kernels call that name: a kernel holding a ctypes pointer instead could not be cached.
@@ -105,18 +106,23 @@ def _transposed_product_jitted(out, a, b, accumulate):
     return blas_or_loop
 
 
-def product(out, a, b):
-    """out (M, N) = a @ b, a (M, K), b (K, N). Plain Python: NumPy (it allocates; the jitted kernels do not)."""
-    out[...] = a @ b
+def product(out, a, b, accumulate):
+    """out (M, N) (= or +=) a @ b, a (M, K), b (K, N). Plain Python: NumPy (it allocates; the jitted kernels do
+    not)."""
+    if accumulate:
+        out += a @ b
+    else:
+        out[...] = a @ b
 
 
 @register_jitable
-def product_loop(out, a, b):
+def product_loop(out, a, b, accumulate):
     """The same product as a loop: rows of `out` and `b` contiguous innermost, so LLVM vectorises it."""
     n_rows, n_inner = a.shape
     for row in range(n_rows):
-        for column in range(out.shape[1]):
-            out[row, column] = 0.0
+        if not accumulate:
+            for column in range(out.shape[1]):
+                out[row, column] = 0.0
         for inner in range(n_inner):
             weight = a[row, inner]
             for column in range(out.shape[1]):
@@ -124,22 +130,22 @@ def product_loop(out, a, b):
 
 
 @overload(product)
-def _product_jitted(out, a, b):
+def _product_jitted(out, a, b, accumulate):
     if not all(isinstance(array, types.Array) and array.dtype == types.float32 and array.ndim == 2
                for array in (out, a, b)):
         return product_loop
 
-    def blas_or_loop(out, a, b):
+    def blas_or_loop(out, a, b, accumulate):
         if out.size == 0:
             return
         itemsize = 4
         if a.shape[1] == 0 or not (is_row_major(out, itemsize) and is_row_major(a, itemsize)
                                    and is_row_major(b, itemsize)):
-            product_loop(out, a, b)
+            product_loop(out, a, b, accumulate)
             return
         # Row-major out = a @ b is column-major out.T = b.T @ a.T, and a row-major matrix read column-major is its
         # transpose: neither operand is transposed.
         _sgemm(NO_TRANSPOSE, NO_TRANSPOSE, out.shape[1], out.shape[0], a.shape[1], b, b.strides[0] // itemsize, a,
-               a.strides[0] // itemsize, np.float32(0.0), out, out.strides[0] // itemsize)
+               a.strides[0] // itemsize, np.float32(1.0 if accumulate else 0.0), out, out.strides[0] // itemsize)
 
     return blas_or_loop

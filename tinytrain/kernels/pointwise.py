@@ -65,7 +65,7 @@ def _pointwise_forward(out, input, weight, bias, blocks):
             add_bias(out[first:last], bias[first:last], 0, n_pixels)
         else:
             first, last = block_span(block, blocks, n_pixels)
-            product(out[:, first:last], weight, input[:, first:last])
+            product(out[:, first:last], weight, input[:, first:last], False)
             add_bias(out, bias, first, last)
 
 
