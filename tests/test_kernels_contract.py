@@ -7,11 +7,11 @@ import pytest
 from kernel_references import conv_output_size, count_allocations, random_array
 from numba.core.dispatcher import Dispatcher
 
-from tinytrain.kernels import (channels, conv2d, depthwise, depthwise_inplace, linear, loss, pointwise,
-                               pointwise_residual, pool, relu6, residual, sgd)
+from tinytrain.kernels import (channel_check, channels, conv2d, depthwise, depthwise_inplace, draw, linear, loss,
+                               pointwise, pointwise_residual, pool, relu6, residual, sgd)
 
 MODULES = [conv2d, depthwise, depthwise_inplace, pointwise, pointwise_residual, relu6, residual, pool, linear, loss,
-           channels, sgd]
+           channels, channel_check, draw, sgd]
 
 
 def kernel_calls():
@@ -79,6 +79,13 @@ def kernel_calls():
                        buffer[:n_in * small].reshape(n_in, -1, conv_output_size(width, 3, stride, 1, 1)),
                        array(conv_output_size(height, 3, stride, 1, 1), conv_output_size(width, 3, stride, 1, 1)),
                        array(n_in, 3, 3), stride, 1, 1)))
+    calls += [
+        ("first_invalid_channel", channel_check.first_invalid_channel, (some_out, n_out, np.ones(n_out, np.bool_))),
+        ("is_every_channel", channel_check.is_every_channel, (all_out, n_out)),
+        ("draw_channels", draw.draw_channels,
+         (np.zeros(5, np.int64), np.array([0, 2, 5]), np.arange(9, dtype=np.int64), np.array([0, 4, 9]),
+          np.zeros(5, np.bool_), np.uint64(3), np.uint64(8))),
+    ]
     for accumulate in (False, True):
         calls += [
             (f"conv2d_backward_input-{accumulate}", conv2d.conv2d_backward_input,
@@ -108,7 +115,8 @@ CALLS = kernel_calls()
 @pytest.mark.parametrize("kernel, arguments", [call[1:] for call in CALLS], ids=[call[0] for call in CALLS])
 def test_plain_and_jitted_kernels_agree(kernel, arguments):
     plain_arguments, jitted_arguments = copy.deepcopy(arguments), copy.deepcopy(arguments)
-    plain_result = kernel.py_func(*plain_arguments)
+    with np.errstate(over="ignore"):  # draw.py's random numbers wrap around uint64 on purpose
+        plain_result = kernel.py_func(*plain_arguments)
     jitted_result = kernel(*jitted_arguments)
     if plain_result is None:
         assert jitted_result is None

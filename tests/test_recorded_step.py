@@ -122,3 +122,20 @@ def test_a_recorded_step_refuses_a_bad_draw_before_touching_anything(channels, p
     allocated = count_allocations(arena)
     engine.train_step(frame, 1, plan([3, 0]), SGD(0.1))  # the next good draw is still a recorded step
     assert allocated == [] and not np.array_equal(layer.weight, before)
+
+
+def test_a_recorded_step_checks_again_a_channel_array_that_could_have_changed():
+    """A read-only array a step has seen is taken as it was; one made writeable again is checked again."""
+    graph = build_mobilenetv2(resolution=32, width_mult=0.35, seed=4)
+    layer = graph.layer("features.16.project")
+    engine = Engine(graph, Arena(BIG_ARENA, tracing=False))
+    frame = images(32, 1)[0]
+    rows = np.array([1, 2], dtype=np.int64)
+    rows.flags.writeable = False
+    plan = UpdatePlan({layer.name: LayerUpdate(rows, np.arange(4, dtype=np.int64))})
+    for _ in range(3):  # the first records the step, the later ones replay it
+        engine.train_step(frame, 1, plan, SGD(0.1))
+    rows.flags.writeable = True
+    rows[1] = 1
+    with pytest.raises(ValueError, match="repeated"):
+        engine.train_step(frame, 1, plan, SGD(0.1))

@@ -7,6 +7,7 @@ import torch
 from tinytrain.arena import Arena
 from tinytrain.engine import SGD, Engine, MicroBatch
 from tinytrain.graph import Graph
+from tinytrain.kernels.draw import draw_channels
 from tinytrain.memory import measure_training_step
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.plan import LayerUpdate, UpdatePlan, covers_all, full_update
@@ -124,6 +125,21 @@ def test_dynamic_draws_differ_between_steps_and_repeat_with_the_seed():
         for name, update in plan.updates.items():
             np.testing.assert_array_equal(update.in_channels, repeated.updates[name].in_channels)
     assert conv_weight_fraction(graph, plans[0]) <= 0.02
+
+
+def test_a_draw_picks_every_subset_of_a_pool_equally_often_in_ascending_order():
+    pools = np.array([10, 11, 12, 13, 14, 7, 3, 9], dtype=np.int64)  # two layers: 2 of the first 5, 3 of the last 3
+    pool_starts, pick_starts = np.array([0, 5, 8]), np.array([0, 2, 5])
+    seen, picks = np.zeros(5, dtype=np.bool_), np.empty(5, dtype=np.int64)
+    draws = 20_000
+    counts = {}
+    for key in range(draws):
+        draw_channels(picks, pick_starts, pools, pool_starts, seen, np.uint64(7), np.uint64(key))
+        counts[tuple(picks[:2])] = counts.get(tuple(picks[:2]), 0) + 1
+        assert list(picks[2:]) == [3, 7, 9] and not seen.any()
+    assert set(counts) == {(a, b) for a in range(10, 15) for b in range(a + 1, 15)}
+    expected = draws / 10  # each of the 10 pairs: binomial, standard deviation 42
+    assert all(abs(count - expected) < 5 * 42 for count in counts.values()), counts
 
 
 def test_static_never_changes_and_dynamic_epoch_redraws_once_per_epoch():

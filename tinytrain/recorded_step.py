@@ -33,7 +33,12 @@ def plan_shape(graph: Graph, plan: UpdatePlan) -> tuple:
 
 class ChannelSlots:
     """The channel arrays a recorded step reads: copies of the first plan's, refilled in place by every later plan
-    of the same shape after the same checks schedule_step makes (in range, none repeated), without allocating."""
+    of the same shape after the same checks schedule_step makes (in range, none repeated), without allocating.
+
+    A read-only array that owns its data, once refilled (a policy's fixed part, such as every row of a layer whose
+    input channels are drawn), cannot have changed since: it is not checked and copied again while plans keep
+    passing the same one.
+    """
 
     def __init__(self, graph: Graph, plan: UpdatePlan):
         self.graph = graph
@@ -41,16 +46,26 @@ class ChannelSlots:
                                 for name, update in plan.updates.items()})
         widest = max((max(layer.out_channels, layer.in_channels) for layer in graph.weighted_layers), default=0)
         self._seen = np.zeros(widest, dtype=np.bool_)  # scratch of the repeat check
+        self._held: dict[tuple[str, str], np.ndarray] = {}  # (layer, what) -> the unchanging array its slot copies
 
     def refill(self, plan: UpdatePlan) -> None:
         for name, slot in self.plan.updates.items():
             update = plan.updates[name]
             layer = self.graph.layer(name)
-            check_channels(name, "out_channels", update.out_channels, layer.out_channels, self._seen)
-            np.copyto(slot.out_channels, update.out_channels)
+            self._refill(name, "out_channels", slot.out_channels, update.out_channels, layer.out_channels)
             if not layer.selects_input_by_output:  # depthwise ignores in_channels
-                check_channels(name, "in_channels", update.in_channels, layer.in_channels, self._seen)
-                np.copyto(slot.in_channels, update.in_channels)
+                self._refill(name, "in_channels", slot.in_channels, update.in_channels, layer.in_channels)
+
+    def _refill(self, name: str, what: str, slot: np.ndarray, channels: np.ndarray, count: int) -> None:
+        unchanging = not channels.flags.writeable and channels.base is None
+        if unchanging and self._held.get((name, what)) is channels:
+            return
+        check_channels(name, what, channels, count, self._seen)
+        np.copyto(slot, channels)
+        if unchanging:
+            self._held[(name, what)] = channels
+        else:
+            self._held.pop((name, what), None)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinytrain.graph import Graph
+from tinytrain.kernels.draw import draw_channels
 from tinytrain.plan import LayerUpdate, UpdatePlan, full_update
 
 POLICIES = ("dense", "last-k", "bias", "static", "dynamic", "dynamic-epoch")
@@ -119,29 +120,33 @@ class DynamicPolicy(Policy):
                 raise ValueError(f"{x.name}: pool of {len(self.pools[x.name])} channels, {x.channels} drawn per step")
         self._last_key = None
         self._last_plan = None
-        # What every draw shares, made once and read-only: a draw then costs the random picks and little else.
+        # What every draw shares, made once and read-only: a draw then costs one kernel call and little else.
         self._every_row = {x.name: _read_only(np.arange(graph.layer(x.name).out_channels, dtype=np.int64))
                            for x in layers if not graph.layer(x.name).selects_input_by_output}
         self._fixed = _with_biases_and_classifier(graph, {}, bias_layers).updates
         for update in self._fixed.values():
             _read_only(update.out_channels)
             _read_only(update.in_channels)
+        self._pools = np.concatenate([self.pools[x.name] for x in layers]).astype(np.int64)  # every pool, in order
+        self._pool_starts = np.cumsum([0] + [len(self.pools[x.name]) for x in layers], dtype=np.int64)
+        self._pick_starts = np.cumsum([0] + [x.channels for x in layers], dtype=np.int64)
+        self._seen = np.zeros(max(len(pool) for pool in self.pools.values()), dtype=np.bool_)
 
     def plan(self, step, epoch):
         key = step if self.redraw == "step" else epoch
         if key != self._last_key:
             self._last_key = key
-            self._last_plan = self._draw(np.random.default_rng([self.seed, key]))
+            self._last_plan = self._draw(key)
         return self._last_plan
 
-    def _draw(self, rng: np.random.Generator) -> UpdatePlan:
-        """rng.choice picks positions in each pool, in layer order: a pool's size alone decides which random numbers
-        are used, so a pool of custom channels draws exactly as one of all channels would."""
+    def _draw(self, key: int) -> UpdatePlan:
+        """Every sparse layer's channels in one kernel call (kernels/draw.py), seeded by (seed, key) alone."""
+        picks = np.empty(self._pick_starts[-1], dtype=np.int64)
+        draw_channels(picks, self._pick_starts, self._pools, self._pool_starts, self._seen,
+                      np.uint64(self.seed % 2**64), np.uint64(key))
         updates = {}
-        for x in self.layers:
-            pool = self.pools[x.name]
-            channels = pool[rng.choice(len(pool), size=x.channels, replace=False)]
-            channels.sort()
+        for x, first, last in zip(self.layers, self._pick_starts[:-1], self._pick_starts[1:]):
+            channels = picks[first:last]
             updates[x.name] = LayerUpdate(self._every_row.get(x.name, channels), channels)
         for name, update in self._fixed.items():
             updates.setdefault(name, update)
