@@ -7,11 +7,12 @@ import pytest
 from kernel_references import conv_output_size, count_allocations, random_array
 from numba.core.dispatcher import Dispatcher
 
+from tinytrain.data.augment import bilinear_taps
 from tinytrain.kernels import (channel_check, channels, conv2d, depthwise, depthwise_inplace, draw, linear, loss,
-                               pointwise, pointwise_residual, pool, relu6, residual, sgd)
+                               pointwise, pointwise_residual, pool, relu6, residual, resize, sgd)
 
 MODULES = [conv2d, depthwise, depthwise_inplace, pointwise, pointwise_residual, relu6, residual, pool, linear, loss,
-           channels, channel_check, draw, sgd]
+           channels, channel_check, draw, resize, sgd]
 
 
 def kernel_calls():
@@ -85,6 +86,16 @@ def kernel_calls():
         ("draw_channels", draw.draw_channels,
          (np.zeros(5, np.int64), np.array([0, 2, 5]), np.arange(9, dtype=np.int64), np.array([0, 4, 9]),
           np.zeros(5, np.bool_), np.uint64(3), np.uint64(8))),
+    ]
+    pixels = rng.integers(0, 256, (height, width, n_in), dtype=np.uint8)
+    up, down = bilinear_taps(height, 20), bilinear_taps(width, 5)  # up along H, down along W
+    calls += [
+        ("resample_rows", resize.resample_rows,
+         (np.zeros((20, width * n_in), np.uint8), pixels.reshape(height, -1), up.indices, up.coefficients,
+          np.zeros(width * n_in, np.int32))),
+        ("resample_columns", resize.resample_columns,
+         (np.zeros((height, 5, n_in), np.uint8), pixels, down.indices, down.coefficients,
+          np.zeros((5, n_in), np.int32))),
     ]
     for accumulate in (False, True):
         calls += [

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from tinytrain.arena import Arena
 from tinytrain.engine import SGD, Engine, MicroBatch

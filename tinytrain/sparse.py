@@ -25,6 +25,9 @@ class SparseLayer:
     channels: int  # input channels (depthwise: channels) updated per step, out of the layer's `in_channels`
 
 
+_FIRST_COLUMN = np.zeros(1, dtype=np.int64)  # the only column of a depthwise weight's (rows, cols) view
+
+
 def _bias_only() -> LayerUpdate:
     return LayerUpdate(np.zeros(0, np.int64), np.zeros(0, np.int64), bias=True)
 
@@ -239,21 +242,39 @@ class Coverage:
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        self.touched: dict[str, np.ndarray] = {}  # layer -> (rows, cols) bool
+        self._cells: dict[str, np.ndarray] = {}  # layer -> (rows, cols) bool, from updates of some rows
+        self._columns: dict[str, np.ndarray] = {}  # layer -> (cols,) bool, from updates of every row
 
     def record(self, plan: UpdatePlan) -> None:
         for name, update in plan.updates.items():
             layer = self.graph.layer(name)
-            if update.trains_weight and layer.is_convolution:
-                touched = self.touched.setdefault(name, np.zeros(layer.weight_rows_cols.shape[:2], dtype=bool))
-                columns = np.zeros(1, np.int64) if layer.selects_input_by_output else update.in_channels
-                if len(update.out_channels) == touched.shape[0]:  # every row: a column assignment, 5x faster
-                    touched[:, columns] = True
-                else:
-                    touched[np.ix_(update.out_channels, columns)] = True
+            if not (update.trains_weight and layer.is_convolution):
+                continue
+            rows, cols = layer.weight_rows_cols.shape[:2]
+            columns = _FIRST_COLUMN if layer.selects_input_by_output else update.in_channels
+            if len(update.out_channels) == rows:  # every row (as dynamic draws): marking the columns is enough
+                self._columns.setdefault(name, np.zeros(cols, dtype=bool))[columns] = True
+            else:
+                cells = self._cells.setdefault(name, np.zeros((rows, cols), dtype=bool))
+                cells[np.ix_(update.out_channels, columns)] = True
+
+    @property
+    def touched(self) -> dict[str, np.ndarray]:
+        """layer -> (rows, cols) bool: its weights updated at least once."""
+        touched = {}
+        for name in self._cells.keys() | self._columns.keys():
+            rows, cols = self.graph.layer(name).weight_rows_cols.shape[:2]
+            touched[name] = (self._cells.get(name, np.zeros((rows, cols), dtype=bool))
+                             | self._columns.get(name, np.zeros(cols, dtype=bool)))
+        return touched
+
+    @touched.setter
+    def touched(self, touched: dict[str, np.ndarray]) -> None:
+        self._cells, self._columns = dict(touched), {}
 
     @property
     def fraction(self) -> float:
         """Touched weights over all weights of the conv layers that trained at all (1.0 for none)."""
-        total = sum(t.size for t in self.touched.values())
-        return sum(int(t.sum()) for t in self.touched.values()) / total if total else 1.0
+        touched = self.touched
+        total = sum(t.size for t in touched.values())
+        return sum(int(t.sum()) for t in touched.values()) / total if total else 1.0

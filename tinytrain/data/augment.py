@@ -1,7 +1,7 @@
 """Per-image input pipeline on uint8 HWC images: random crop + flip, bilinear resize, and a seeded epoch stream.
 
 Each function writes into an `out` its caller owns, as a device would with its one input buffer; nothing here
-allocates per image beyond NumPy's view objects and ufunc casting buffers.
+allocates per image beyond NumPy's view objects.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tinytrain.kernels.resize import PRECISION_BITS, resample_columns, resample_rows
+
 # Pillow's resampling arithmetic (libImaging/Resample.c): coefficients are fixed-point with 22 fractional bits
-# (PRECISION_BITS = 32 - 8 - 2) and every pass rounds half up to uint8.
-PRECISION_BITS = 22
+# (PRECISION_BITS = 32 - 8 - 2) and every pass rounds half up to uint8 (kernels/resize.py).
 SUBSET_STREAM, ORDER_STREAM, AUGMENT_STREAM = 0, 1, 2  # independent random streams of one seed
 
 
@@ -93,46 +94,25 @@ def bilinear_taps(in_size: int, out_size: int) -> AxisTaps:
 
 @dataclass(frozen=True, eq=False)
 class ResizeTable:
-    """Taps and scratch for one (in, out) shape pair; the scratch makes resize_bilinear allocation-free."""
+    """The taps of a resize between one (H, W, C) shape pair, and the buffers its two passes use."""
 
     columns: AxisTaps  # along W: the first pass
     rows: AxisTaps  # along H: the second pass
-    horizontal: tuple[np.ndarray, np.ndarray, np.ndarray]  # (in_H, out_W, C): uint8 gathered, int32 product, sum
-    vertical: tuple[np.ndarray, np.ndarray, np.ndarray]  # (out_H, out_W, C): the same for the second pass
-    between: np.ndarray  # (in_H, out_W, C) uint8: the first pass's result, rounded as Pillow rounds it
+    between: np.ndarray  # (H, w, C) uint8: the first pass's result, rounded as Pillow rounds it
+    column_sums: np.ndarray  # (w, C) int32 scratch of the first pass
+    row_sums: np.ndarray  # (w * C,) int32 scratch of the second pass
 
 
 @functools.lru_cache(maxsize=16)
 def resize_table(in_shape: tuple[int, int, int], out_shape: tuple[int, int, int]) -> ResizeTable:
     (in_height, in_width, channels), (out_height, out_width, _) = in_shape, out_shape
-
-    def scratch(shape):
-        return np.empty(shape, dtype=np.uint8), np.empty(shape, dtype=np.int32), np.empty(shape, dtype=np.int32)
-
     return ResizeTable(
         columns=bilinear_taps(in_width, out_width),
         rows=bilinear_taps(in_height, out_height),
-        horizontal=scratch((in_height, out_width, channels)),
-        vertical=scratch((out_height, out_width, channels)),
         between=np.empty((in_height, out_width, channels), dtype=np.uint8),
+        column_sums=np.empty((out_width, channels), dtype=np.int32),
+        row_sums=np.empty(out_width * channels, dtype=np.int32),
     )
-
-
-def _resample_axis(out: np.ndarray, image: np.ndarray, taps: AxisTaps, axis: int, scratch) -> None:
-    """out = image resampled along `axis` (0: H, 1: W), in Pillow's integer arithmetic: (sum + 2**21) >> 22.
-
-    int32 like Pillow's accumulators: the weights are non-negative and sum to 2**22 within a few units, so a sum
-    stays below 256 * 2**22 = 2**30; for the same reason no clipping is needed.
-    """
-    gathered, product, total = scratch
-    total.fill(1 << (PRECISION_BITS - 1))
-    shape = [1, 1, 1]
-    shape[axis] = -1  # coefficients broadcast along the resampled axis
-    for indices, coefficients in zip(taps.indices, taps.coefficients):
-        np.take(image, indices, axis=axis, out=gathered, mode="clip")  # "clip" writes out directly, no buffer
-        np.multiply(gathered, coefficients.reshape(shape), out=product)
-        total += product
-    np.right_shift(total, PRECISION_BITS, out=out, casting="unsafe")
 
 
 def resize_bilinear(out: np.ndarray, image: np.ndarray) -> None:
@@ -141,13 +121,16 @@ def resize_bilinear(out: np.ndarray, image: np.ndarray) -> None:
     Two separable passes in Pillow's fixed-point arithmetic, along W first and rounded to uint8 in between, as
     Pillow < 13 always does and Pillow 13 does unless it shrinks the height much more than the width: so the result
     is bit-identical to Pillow whenever the height is not reduced (every upsampling to the model's resolution), and
-    within 1 grey level otherwise. Taps and scratch are cached per shape pair (resize_table): not thread-safe.
-    Gathers and adds over the taps (2 when upsampling) rather than a matrix product, to stay off multithreaded
-    BLAS, which costs milliseconds per call for matrices this small on a busy machine (0.1-0.3 ms here instead).
+    within 1 grey level otherwise. Taps and buffers are cached per shape pair (resize_table): not thread-safe.
+    `out` is C-contiguous: the second pass writes it as (h, w * C) rows.
     """
+    if not out.flags.c_contiguous:
+        raise ValueError("resize_bilinear writes a C-contiguous out only")
     table = resize_table(image.shape, out.shape)
-    _resample_axis(table.between, image, table.columns, 1, table.horizontal)
-    _resample_axis(out, table.between, table.rows, 0, table.vertical)
+    resample_columns(table.between, image, table.columns.indices, table.columns.coefficients, table.column_sums)
+    height, width, channels = out.shape
+    resample_rows(out.reshape(height, width * channels), table.between.reshape(-1, width * channels),
+                  table.rows.indices, table.rows.coefficients, table.row_sums)
 
 
 # ---------------------------------------------------------------- epoch stream -------------------------------------

@@ -14,9 +14,9 @@ from tinytrain.kernels.blas import product, transposed_product
 # each its own sgemm: blocks of output rows when there are enough of them (the late layers: many channels, few
 # pixels), else blocks of pixel columns (the early layers). sgemm may round a block's sums differently from the
 # whole product's (it picks its kernels by size), so the blocks follow from the shape and the machine's cores alone
-# (Numba's default thread count), never from NUMBA_NUM_THREADS: a run gives the same bits on one thread as on all. Blocks start at
-# multiples of ALIGNMENT, whole register tiles of sgemm. The caller chooses `blocks` (parallel_blocks): a kernel
-# that asked for the machine's cores could not be cached.
+# (Numba's default thread count), never from NUMBA_NUM_THREADS: a run gives the same bits on one thread as on all.
+# Blocks start at multiples of ALIGNMENT, whole register tiles of sgemm. The caller chooses `blocks`
+# (parallel_blocks): a kernel that asked for the machine's cores could not be cached.
 PARALLEL_MACS = 1 << 18  # smaller products stay on one thread: waking the others costs a few microseconds
 ALIGNMENT = 48  # a multiple of either side of an sgemm register tile (4, 6, 8, 12 or 16 in OpenBLAS x86-64 kernels)
 
