@@ -71,14 +71,16 @@ def kernel_calls():
         small = conv_output_size(height, 3, stride, 1, 1) * conv_output_size(width, 3, stride, 1, 1)
         calls.append((f"depthwise_forward_inplace-{stride}", depthwise_inplace.depthwise_forward_inplace,
                       (buffer[:n_in * small].reshape(n_in, -1, conv_output_size(width, 3, stride, 1, 1)),
-                       buffer.reshape(n_in, height, width), array(height, width), array(n_in, 3, 3), array(n_in),
-                       stride, 1, 1)))
+                       buffer.reshape(n_in, height, width),
+                       array(1 if stride == 2 else 2, height, width),  # scratch: two parts at stride 1
+                       array(n_in, 3, 3), array(n_in), stride, 1, 1)))
         buffer = array(n_in * height * width)
         calls.append((f"depthwise_backward_input_inplace-{stride}",
                       depthwise_inplace.depthwise_backward_input_inplace,
                       (buffer.reshape(n_in, height, width),
                        buffer[:n_in * small].reshape(n_in, -1, conv_output_size(width, 3, stride, 1, 1)),
-                       array(conv_output_size(height, 3, stride, 1, 1), conv_output_size(width, 3, stride, 1, 1)),
+                       array(1 if stride == 2 else 2, conv_output_size(height, 3, stride, 1, 1),
+                             conv_output_size(width, 3, stride, 1, 1)),
                        array(n_in, 3, 3), stride, 1, 1)))
     calls += [
         ("first_invalid_channel", channel_check.first_invalid_channel, (some_out, n_out, np.ones(n_out, np.bool_))),

@@ -5,7 +5,8 @@ import pytest
 from kernel_references import conv_output_size, random_array
 
 from tinytrain.kernels.depthwise import depthwise_backward_input, depthwise_forward
-from tinytrain.kernels.depthwise_inplace import depthwise_backward_input_inplace, depthwise_forward_inplace
+from tinytrain.kernels.depthwise_inplace import (depthwise_backward_input_inplace, depthwise_forward_inplace,
+                                                 scratch_shape)
 from tinytrain.kernels.pointwise import pointwise_forward
 from tinytrain.kernels.pointwise_residual import pointwise_residual_forward
 
@@ -25,8 +26,9 @@ def test_depthwise_in_place_equals_out_of_place(stride, channels, height, width,
     depthwise_forward(expected, x, weight, bias, stride, pad_top, pad_left)
     buffer = x.reshape(-1).copy()  # (C*H*W,) one arena block: the output is its first C*Ho*Wo floats
     out = buffer[:channels * out_h * out_w].reshape(channels, out_h, out_w)
-    depthwise_forward_inplace(out, buffer.reshape(x.shape), np.empty((height, width), np.float32), weight, bias,
-                              stride, pad_top, pad_left)
+    scratch = np.empty(scratch_shape(x.shape, out.shape), np.float32)
+    assert scratch.shape[0] == (2 if out.shape == x.shape else 1)  # same-size planes run in two parts at once
+    depthwise_forward_inplace(out, buffer.reshape(x.shape), scratch, weight, bias, stride, pad_top, pad_left)
     np.testing.assert_array_equal(out, expected)
 
     dout = random_array(rng, channels, out_h, out_w)
@@ -35,7 +37,8 @@ def test_depthwise_in_place_equals_out_of_place(stride, channels, height, width,
     buffer = np.empty(x.size, np.float32)
     buffer[:dout.size] = dout.reshape(-1)  # dout sits at the start of the block dx will fill
     depthwise_backward_input_inplace(buffer.reshape(x.shape), buffer[:dout.size].reshape(dout.shape),
-                                     np.empty((out_h, out_w), np.float32), weight, stride, pad_top, pad_left)
+                                     np.empty(scratch_shape(dout.shape, x.shape), np.float32), weight, stride,
+                                     pad_top, pad_left)
     np.testing.assert_array_equal(buffer.reshape(x.shape), expected_dx)
 
 
@@ -50,3 +53,10 @@ def test_pointwise_added_into_the_residual_equals_pointwise_then_add(n_out, n_pi
     expected = residual + product
     pointwise_residual_forward(residual, x, weight, bias, blocks)
     np.testing.assert_allclose(residual, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_in_place_in_parts_refuses_planes_of_another_size():
+    x = np.zeros((4, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="the size of the input planes"):
+        depthwise_forward_inplace(x[:, :4, :4], x, np.empty((2, 8, 8), np.float32), np.ones((4, 3, 3), np.float32),
+                                  np.zeros(4, np.float32), 2, 0, 0)

@@ -13,6 +13,7 @@ import numpy as np
 from tinytrain.arena import Arena, ArenaOverflow, describe_tensors
 from tinytrain.graph import Graph
 from tinytrain.kernels.channels import gather_channels
+from tinytrain.kernels.depthwise_inplace import scratch_shape
 from tinytrain.kernels.image import normalize_image_forward
 from tinytrain.kernels.loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from tinytrain.kernels.residual import add_forward
@@ -323,7 +324,8 @@ class Engine:
                 self._free_dead_inputs(layer, index, schedule, tensors)
                 continue
             if self._runs_in_place(index, schedule, read):
-                scratch = arena.alloc(f"{layer.name}.scratch", inputs[0].shape[1:], np.float32, "scratch")
+                scratch_planes = scratch_shape(inputs[0].shape, graph.shapes[layer.output])
+                scratch = arena.alloc(f"{layer.name}.scratch", scratch_planes, np.float32, "scratch")
                 out = arena.reuse(tensors.pop(layer.inputs[0]), layer.output, graph.shapes[layer.output],
                                   np.float32, kind)
                 layer.forward_in_place(out, inputs[0], scratch, call=self._call)
@@ -515,7 +517,8 @@ class Engine:
                 # the bias gradient reads dout, so it comes first; dx then overwrites dout
                 if step.update is not None:
                     self._update(layer, step, dout, saved_input, update)
-                scratch = arena.alloc(f"{layer.name}.scratch", dout.shape[1:], np.float32, "scratch")
+                scratch_planes = scratch_shape(dout.shape, graph.shapes[layer.inputs[0]])
+                scratch = arena.alloc(f"{layer.name}.scratch", scratch_planes, np.float32, "scratch")
                 dx = arena.reuse(dout, f"d{layer.inputs[0]}", graph.shapes[layer.inputs[0]], np.float32, "grad")
                 layer.backward_input_in_place(dx, dout, scratch, call=self._call)
                 arena.free(scratch)

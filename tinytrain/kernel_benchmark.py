@@ -11,7 +11,8 @@ import numpy as np
 
 from tinytrain.kernels.conv2d import conv2d_backward_input, conv2d_backward_weight, conv2d_forward
 from tinytrain.kernels.depthwise import depthwise_backward_input, depthwise_backward_weight, depthwise_forward
-from tinytrain.kernels.depthwise_inplace import depthwise_backward_input_inplace, depthwise_forward_inplace
+from tinytrain.kernels.depthwise_inplace import (depthwise_backward_input_inplace, depthwise_forward_inplace,
+                                                 scratch_shape)
 from tinytrain.kernels.pointwise import parallel_blocks, pointwise_backward_input
 from tinytrain.kernels.relu6 import relu6_backward, relu6_forward
 
@@ -70,7 +71,8 @@ def _spatial_cases(rng, op_type, in_shape, out_shape, weight_shape, stride, pad_
     # in place: one buffer, the output over the first floats of the input (forward) or dout under dx (backward)
     buffer, pristine = np.empty(x.size, np.float32), x.reshape(-1).copy()
     out_in_buffer, x_in_buffer = buffer[:out.size].reshape(out.shape), buffer.reshape(in_shape)
-    plane_scratch, out_plane_scratch = np.empty(in_shape[1:], np.float32), np.empty(out_shape[1:], np.float32)
+    plane_scratch = np.empty(scratch_shape(in_shape, out_shape), np.float32)
+    out_plane_scratch = np.empty(scratch_shape(out_shape, in_shape), np.float32)
     return [
         KernelCase("depthwise_forward", label, calls, flops,
                    lambda: depthwise_forward(out, x, weight, bias, *geometry), _nothing),

@@ -172,12 +172,14 @@ class Depthwise(SpatialConv):
         call(depthwise_forward, out, x, self.weight, self.bias, self.stride, pad_top, pad_left)
 
     def forward_in_place(self, out, x, scratch, call=call_now):
-        """`out` overwrites `x`'s own bytes; scratch (H, W) holds one input plane."""
+        """`out` overwrites `x`'s own bytes; scratch of scratch_shape(x.shape, out.shape)
+        (kernels/depthwise_inplace.py)."""
         call(depthwise_forward_inplace, out, x, scratch, self.weight, self.bias, self.stride, self.padding[0],
              self.padding[1])
 
     def backward_input_in_place(self, dx, dout, scratch, call=call_now):
-        """`dx` is written over the bytes of `dout`, which are its first dout.size floats; scratch (Ho, Wo)."""
+        """`dx` is written over the bytes of `dout`, which are its first dout.size floats; scratch of
+        scratch_shape(dout.shape, dx.shape)."""
         call(depthwise_backward_input_inplace, dx, dout, scratch, self.weight, self.stride, self.padding[0],
              self.padding[1])
 
