@@ -31,15 +31,26 @@ def kernel_calls():
     n_mask = 53  # not a multiple of 8
     calls = [
         ("conv2d_forward", conv2d.conv2d_forward,
-         (array(n_out, out_h, out_w), array(n_in, height, width), array(n_out, n_in, 3, 3), array(n_out)) + conv),
+         (array(n_out, out_h, out_w), array(n_in, height, width), array(n_out, n_in, 3, 3), array(n_out)) + conv
+         + (False,)),
+        ("conv2d_forward-clip", conv2d.conv2d_forward,
+         (array(n_out, out_h, out_w), 8 * array(n_in, height, width), array(n_out, n_in, 3, 3), array(n_out)) + conv
+         + (True,)),
         ("depthwise_forward", depthwise.depthwise_forward,
-         (array(n_in, out_h, out_w), array(n_in, height, width), array(n_in, 3, 3), array(n_in)) + conv),
+         (array(n_in, out_h, out_w), array(n_in, height, width), array(n_in, 3, 3), array(n_in)) + conv + (False,)),
+        ("depthwise_forward-clip", depthwise.depthwise_forward,
+         (array(n_in, out_h, out_w), 8 * array(n_in, height, width), array(n_in, 3, 3), array(n_in)) + conv
+         + (True,)),
         ("depthwise_forward-5x5", depthwise.depthwise_forward,
-         (array(n_in, 4, 3), array(n_in, height, width), array(n_in, 5, 5), array(n_in), 2, 1, 0)),
+         (array(n_in, 4, 3), array(n_in, height, width), array(n_in, 5, 5), array(n_in), 2, 1, 0, False)),
         ("pointwise_forward", pointwise.pointwise_forward,
-         (array(n_out, n_pixels), array(n_in, n_pixels), array(n_out, n_in), array(n_out), 1)),
+         (array(n_out, n_pixels), array(n_in, n_pixels), array(n_out, n_in), array(n_out), 1, False)),
+        ("pointwise_forward-clip", pointwise.pointwise_forward,
+         (array(n_out, n_pixels), 8 * array(n_in, n_pixels), array(n_out, n_in), array(n_out), 1, True)),
         ("pointwise_forward-in-row-blocks", pointwise.pointwise_forward,
-         (array(n_out, n_pixels), array(n_in, n_pixels), array(n_out, n_in), array(n_out), 2)),
+         (array(n_out, n_pixels), array(n_in, n_pixels), array(n_out, n_in), array(n_out), 2, False)),
+        ("pointwise_forward-in-row-blocks-clip", pointwise.pointwise_forward,
+         (array(n_out, n_pixels), 8 * array(n_in, n_pixels), array(n_out, n_in), array(n_out), 2, True)),
         ("linear_forward", linear.linear_forward, (array(n_out), array(n_in), array(n_out, n_in), array(n_out))),
         ("conv2d_backward_weight", conv2d.conv2d_backward_weight,
          (array(3, 2, 3, 3), array(n_out, out_h, out_w), array(2, height, width), some_out) + conv),
@@ -73,7 +84,7 @@ def kernel_calls():
                       (buffer[:n_in * small].reshape(n_in, -1, conv_output_size(width, 3, stride, 1, 1)),
                        buffer.reshape(n_in, height, width),
                        array(1 if stride == 2 else 2, height, width),  # scratch: two parts at stride 1
-                       array(n_in, 3, 3), array(n_in), stride, 1, 1)))
+                       array(n_in, 3, 3), array(n_in), stride, 1, 1, stride == 1)))
         buffer = array(n_in * height * width)
         calls.append((f"depthwise_backward_input_inplace-{stride}",
                       depthwise_inplace.depthwise_backward_input_inplace,

@@ -16,6 +16,7 @@ from tinytrain.kernels.depthwise import (_depthwise_backward_input, _depthwise_b
 from tinytrain.kernels.pointwise import (ALIGNMENT, PARALLEL_MACS, _pointwise_backward_input, _pointwise_backward_weight,
                                          _pointwise_forward, parallel_blocks, pointwise_backward_input,
                                          pointwise_backward_weight, pointwise_forward)
+from tinytrain.kernels.relu6 import relu6_forward
 
 # float32 kernels against a float64 reference: sums of a few hundred O(1) products agree to ~1e-5.
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)
@@ -43,6 +44,16 @@ DEPTHWISE_CASES = [(n_out, height, width, kernel, stride, padding)
                    for _, n_out, height, width, kernel, stride, padding in CONV_CASES]
 
 
+def check_fused_relu6(forward, shape):
+    """`forward(out, clip)` with clip=True gives, bit for bit, its output with clip=False then relu6_forward."""
+    plain, clipped = unwritten(*shape), unwritten(*shape)
+    forward(plain, False)
+    forward(clipped, True)
+    assert (plain < 0).any() and (plain > 6).any()  # both bounds are crossed
+    relu6_forward(plain.reshape(-1), np.zeros(0, np.uint8), False)
+    np.testing.assert_array_equal(clipped, plain)
+
+
 def output_shape(n_channels, height, width, kernel, stride, padding):
     top, left, bottom, right = padding
     return (n_channels, conv_output_size(height, kernel[0], stride, top, bottom),
@@ -59,7 +70,7 @@ def test_conv2d_by_hand():
     input = np.arange(1, 10, dtype=np.float32).reshape(1, 3, 3)
     weight = np.array([[1, 0], [0, -1]], dtype=np.float32).reshape(1, 1, 2, 2)
     out = unwritten(1, 2, 2)
-    conv2d_forward(out, input, weight, np.array([0.5], dtype=np.float32), 1, 0, 0)
+    conv2d_forward(out, input, weight, np.array([0.5], dtype=np.float32), 1, 0, 0, False)
     np.testing.assert_array_equal(out, np.full((1, 2, 2), -3.5, dtype=np.float32))
 
 
@@ -67,7 +78,7 @@ def test_depthwise_same_padding_by_hand():
     # TF "SAME", stride 2 on a 4x4 input: pad only bottom/right, so the 3x3 box of ones sees 9, 6, 6, 4 real pixels.
     out = unwritten(1, 2, 2)
     depthwise_forward(out, np.ones((1, 4, 4), np.float32), np.ones((1, 3, 3), np.float32),
-                      np.zeros(1, np.float32), 2, 0, 0)
+                      np.zeros(1, np.float32), 2, 0, 0, False)
     np.testing.assert_array_equal(out[0], [[9, 6], [6, 4]])
     # Backward: each input pixel receives one 1 per output window that covers it.
     dinput = unwritten(1, 4, 4)
@@ -79,7 +90,7 @@ def test_pointwise_by_hand():
     out = unwritten(2, 3)
     weight = np.array([[1, 2], [3, 4]], dtype=np.float32)
     input = np.array([[1, 0, 2], [0, 1, 1]], dtype=np.float32)
-    pointwise_forward(out, input, weight, np.array([10, 20], dtype=np.float32), 1)
+    pointwise_forward(out, input, weight, np.array([10, 20], dtype=np.float32), 1, False)
     np.testing.assert_array_equal(out, [[11, 12, 14], [23, 24, 30]])
 
 
@@ -98,7 +109,7 @@ def check_convolution_gradients(forward, backward_input, backward_weight, input,
     out = np.zeros_like(dout)
 
     def loss():
-        forward(out, input, weight, bias, *geometry)
+        forward(out, input, weight, bias, *geometry, False)
         return np.sum(out * dout)
 
     dinput = np.zeros_like(input)
@@ -143,7 +154,7 @@ def test_pointwise_central_differences():
     out = np.zeros_like(dout)
 
     def loss():
-        _pointwise_forward(out, input, weight, bias, 1)
+        _pointwise_forward(out, input, weight, bias, 1, False)
         return np.sum(out * dout)
 
     dinput, dweight = np.zeros_like(input), np.zeros_like(weight)
@@ -186,8 +197,10 @@ def test_conv2d_matches_torch(n_in, n_out, height, width, kernel, stride, paddin
     top, left = padding[:2]
 
     out = unwritten(*dout.shape)
-    conv2d_forward(out, input, weight, bias, stride, top, left)
+    conv2d_forward(out, input, weight, bias, stride, top, left, False)
     np.testing.assert_allclose(out, expected_out, **TOLERANCE)
+    check_fused_relu6(lambda out, clip: conv2d_forward(out, 8 * input, weight, bias, stride, top, left, clip),
+                      dout.shape)
     check_input_gradient(conv2d_backward_input, expected_dinput, rng, dout, weight, stride, top, left)
 
     dweight = unwritten(*weight.shape)
@@ -214,8 +227,10 @@ def test_depthwise_matches_torch(n_channels, height, width, kernel, stride, padd
     top, left = padding[:2]
 
     out = unwritten(*dout.shape)
-    depthwise_forward(out, input, weight, bias, stride, top, left)
+    depthwise_forward(out, input, weight, bias, stride, top, left, False)
     np.testing.assert_allclose(out, expected_out, **TOLERANCE)
+    check_fused_relu6(lambda out, clip: depthwise_forward(out, 8 * input, weight, bias, stride, top, left, clip),
+                      dout.shape)
     check_input_gradient(depthwise_backward_input, expected_dinput, rng, dout, weight, stride, top, left)
 
     dweight = unwritten(*weight.shape)
@@ -240,8 +255,9 @@ def test_pointwise_matches_torch(n_in, n_out, n_pixels, blocks):
                                                                          input, weight, bias)
 
     out = unwritten(n_out, n_pixels)
-    pointwise_forward(out, input, weight, bias, blocks)
+    pointwise_forward(out, input, weight, bias, blocks, False)
     np.testing.assert_allclose(out, expected_out, **TOLERANCE)
+    check_fused_relu6(lambda out, clip: pointwise_forward(out, 8 * input, weight, bias, blocks, clip), out.shape)
     check_input_gradient(lambda dinput, dout, weight, accumulate:
                          pointwise_backward_input(dinput, dout, weight, accumulate, blocks),
                          expected_dinput, rng, dout, weight)
@@ -301,7 +317,7 @@ def test_pointwise_in_blocks(n_in, n_out, n_pixels, accumulate):
             numba.set_num_threads(threads)
             try:
                 out, dinput = unwritten(n_out, n_pixels), start.copy()
-                pointwise_forward(out, x, weight, bias, blocks)
+                pointwise_forward(out, x, weight, bias, blocks, False)
                 pointwise_backward_input(dinput, dout, weight, accumulate, blocks)
             finally:
                 numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)

@@ -23,13 +23,19 @@ def test_depthwise_in_place_equals_out_of_place(stride, channels, height, width,
     out_w = conv_output_size(width, 3, stride, pad_left, 1)
     x = random_array(rng, channels, height, width)
     expected = np.empty((channels, out_h, out_w), np.float32)
-    depthwise_forward(expected, x, weight, bias, stride, pad_top, pad_left)
+    depthwise_forward(expected, x, weight, bias, stride, pad_top, pad_left, False)
     buffer = x.reshape(-1).copy()  # (C*H*W,) one arena block: the output is its first C*Ho*Wo floats
     out = buffer[:channels * out_h * out_w].reshape(channels, out_h, out_w)
     scratch = np.empty(scratch_shape(x.shape, out.shape), np.float32)
     assert scratch.shape[0] == (2 if out.shape == x.shape else 1)  # same-size planes run in two parts at once
-    depthwise_forward_inplace(out, buffer.reshape(x.shape), scratch, weight, bias, stride, pad_top, pad_left)
+    depthwise_forward_inplace(out, buffer.reshape(x.shape), scratch, weight, bias, stride, pad_top, pad_left, False)
     np.testing.assert_array_equal(out, expected)
+    clipped = np.empty_like(expected)
+    depthwise_forward(clipped, 8 * x, weight, bias, stride, pad_top, pad_left, True)
+    buffer = 8 * x.reshape(-1)
+    out = buffer[:channels * out_h * out_w].reshape(channels, out_h, out_w)
+    depthwise_forward_inplace(out, buffer.reshape(x.shape), scratch, weight, bias, stride, pad_top, pad_left, True)
+    np.testing.assert_array_equal(out, clipped)
 
     dout = random_array(rng, channels, out_h, out_w)
     expected_dx = np.empty_like(x)
@@ -49,7 +55,7 @@ def test_pointwise_added_into_the_residual_equals_pointwise_then_add(n_out, n_pi
     x, weight, bias = random_array(rng, 5, n_pixels), random_array(rng, n_out, 5), random_array(rng, n_out)
     residual = random_array(rng, n_out, n_pixels)
     product = np.empty((n_out, n_pixels), np.float32)
-    pointwise_forward(product, x, weight, bias, 1)
+    pointwise_forward(product, x, weight, bias, 1, False)
     expected = residual + product
     pointwise_residual_forward(residual, x, weight, bias, blocks)
     np.testing.assert_allclose(residual, expected, rtol=1e-6, atol=1e-6)
@@ -59,4 +65,4 @@ def test_in_place_in_parts_refuses_planes_of_another_size():
     x = np.zeros((4, 8, 8), np.float32)
     with pytest.raises(ValueError, match="the size of the input planes"):
         depthwise_forward_inplace(x[:, :4, :4], x, np.empty((2, 8, 8), np.float32), np.ones((4, 3, 3), np.float32),
-                                  np.zeros(4, np.float32), 2, 0, 0)
+                                  np.zeros(4, np.float32), 2, 0, 0, False)

@@ -323,18 +323,22 @@ class Engine:
                     self._call(self._copy_out, add.output, out)
                 self._free_dead_inputs(layer, index, schedule, tensors)
                 continue
+            clip = layer.relu6 and layer.fuses_relu6 and not step.save_mask  # the ReLU6 in the conv's own kernel
             if self._runs_in_place(index, schedule, read):
                 scratch_planes = scratch_shape(inputs[0].shape, graph.shapes[layer.output])
                 scratch = arena.alloc(f"{layer.name}.scratch", scratch_planes, np.float32, "scratch")
                 out = arena.reuse(tensors.pop(layer.inputs[0]), layer.output, graph.shapes[layer.output],
                                   np.float32, kind)
-                layer.forward_in_place(out, inputs[0], scratch, call=self._call)
+                layer.forward_in_place(out, inputs[0], scratch, clip, call=self._call)
                 arena.free(scratch)
             else:
                 out = arena.alloc(layer.output, graph.shapes[layer.output], np.float32, kind)
-                layer.forward(out, *inputs, call=self._call)
+                if clip:
+                    layer.forward(out, inputs[0], clip, call=self._call)
+                else:
+                    layer.forward(out, *inputs, call=self._call)
             mask = None
-            if layer.relu6:
+            if layer.relu6 and not clip:
                 if step.save_mask:
                     mask = arena.alloc(f"{layer.name}.relu6_mask", (math.ceil(out.size / 8),), np.uint8, "saved")
                 layer.apply_relu6(out, _NO_MASK if mask is None else mask, step.save_mask, call=self._call)

@@ -62,7 +62,7 @@ def _spatial_cases(rng, op_type, in_shape, out_shape, weight_shape, stride, pad_
     if op_type == "conv2d":
         return [
             KernelCase("conv2d_forward", label, calls, flops,
-                       lambda: conv2d_forward(out, x, weight, bias, *geometry), _nothing),
+                       lambda: conv2d_forward(out, x, weight, bias, *geometry, False), _nothing),
             KernelCase("conv2d_backward_input", label, calls, flops,
                        lambda: conv2d_backward_input(dx, dout, weight, *geometry, False), _nothing),
             KernelCase("conv2d_backward_weight", label, calls, flops,
@@ -75,14 +75,14 @@ def _spatial_cases(rng, op_type, in_shape, out_shape, weight_shape, stride, pad_
     out_plane_scratch = np.empty(scratch_shape(out_shape, in_shape), np.float32)
     return [
         KernelCase("depthwise_forward", label, calls, flops,
-                   lambda: depthwise_forward(out, x, weight, bias, *geometry), _nothing),
+                   lambda: depthwise_forward(out, x, weight, bias, *geometry, False), _nothing),
         KernelCase("depthwise_backward_input", label, calls, flops,
                    lambda: depthwise_backward_input(dx, dout, weight, *geometry, False), _nothing),
         KernelCase("depthwise_backward_weight", label, calls, flops,
                    lambda: depthwise_backward_weight(dweight, dout, x, channels, *geometry), _nothing),
         KernelCase("depthwise_forward_inplace", label, calls, flops,
                    lambda: depthwise_forward_inplace(out_in_buffer, x_in_buffer, plane_scratch, weight, bias,
-                                                     *geometry),
+                                                     *geometry, False),
                    lambda: np.copyto(buffer, pristine)),
         KernelCase("depthwise_backward_input_inplace", label, calls, flops,
                    lambda: depthwise_backward_input_inplace(x_in_buffer, out_in_buffer, out_plane_scratch, weight,

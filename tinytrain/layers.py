@@ -51,6 +51,7 @@ class Layer:
 
     has_weight = False
     relu6 = False
+    fuses_relu6 = False  # its forward kernel can clip its own output (`clip=True`), when no ReLU6 mask is saved
     op_type = ""  # the name an exported memory plan gives its ops
 
     def __init__(self, name: str, inputs: tuple[str, ...], output: str):
@@ -126,11 +127,14 @@ class SpatialConv(WeightedLayer):
         _, out_h, out_w = self.output_shape(input_shapes)
         return int(self.weight.size) * out_h * out_w
 
-    def forward(self, out, x, call=call_now):
-        self.forward_padded(out, x, self.padding[0], self.padding[1], call)
+    fuses_relu6 = True
 
-    def forward_padded(self, out, x, pad_top, pad_left, call=call_now):
-        """The forward with the padding of another origin: a tile of the input has its own (see patches.py)."""
+    def forward(self, out, x, clip=False, call=call_now):
+        self.forward_padded(out, x, self.padding[0], self.padding[1], clip, call)
+
+    def forward_padded(self, out, x, pad_top, pad_left, clip=False, call=call_now):
+        """The forward with the padding of another origin: a tile of the input has its own (see patches.py).
+        `clip`: the ReLU6 clipped in the same kernel."""
         raise NotImplementedError
 
 
@@ -139,8 +143,8 @@ class Conv2d(SpatialConv):
 
     op_type = "conv2d"
 
-    def forward_padded(self, out, x, pad_top, pad_left, call=call_now):
-        call(conv2d_forward, out, x, self.weight, self.bias, self.stride, pad_top, pad_left)
+    def forward_padded(self, out, x, pad_top, pad_left, clip=False, call=call_now):
+        call(conv2d_forward, out, x, self.weight, self.bias, self.stride, pad_top, pad_left, clip)
 
     def backward_input(self, dx, dout, accumulate, call=call_now):
         call(conv2d_backward_input, dx, dout, self.weight, self.stride, self.padding[0], self.padding[1], accumulate)
@@ -168,14 +172,14 @@ class Depthwise(SpatialConv):
     def dweight_shape(self, n_out, n_in):
         return (n_out,) + self.weight.shape[1:]
 
-    def forward_padded(self, out, x, pad_top, pad_left, call=call_now):
-        call(depthwise_forward, out, x, self.weight, self.bias, self.stride, pad_top, pad_left)
+    def forward_padded(self, out, x, pad_top, pad_left, clip=False, call=call_now):
+        call(depthwise_forward, out, x, self.weight, self.bias, self.stride, pad_top, pad_left, clip)
 
-    def forward_in_place(self, out, x, scratch, call=call_now):
+    def forward_in_place(self, out, x, scratch, clip=False, call=call_now):
         """`out` overwrites `x`'s own bytes; scratch of scratch_shape(x.shape, out.shape)
         (kernels/depthwise_inplace.py)."""
         call(depthwise_forward_inplace, out, x, scratch, self.weight, self.bias, self.stride, self.padding[0],
-             self.padding[1])
+             self.padding[1], clip)
 
     def backward_input_in_place(self, dx, dout, scratch, call=call_now):
         """`dx` is written over the bytes of `dout`, which are its first dout.size floats; scratch of
@@ -196,6 +200,7 @@ class Pointwise(WeightedLayer):
     """1 x 1 convolution, a matrix product over flattened pixels. weight (K, C)."""
 
     op_type = "pointwise"
+    fuses_relu6 = True
 
     def output_shape(self, input_shapes):
         _, height, width = input_shapes[0]
@@ -205,9 +210,11 @@ class Pointwise(WeightedLayer):
         _, height, width = input_shapes[0]
         return int(self.weight.size) * height * width
 
-    def forward(self, out, x, call=call_now):
+    def forward(self, out, x, clip=False, call=call_now):
+        """`clip`: the ReLU6 clipped in the same kernel."""
         out, x = flat_channels(out), flat_channels(x)
-        call(pointwise_forward, out, x, self.weight, self.bias, parallel_blocks(out.size * x.shape[0], *out.shape))
+        call(pointwise_forward, out, x, self.weight, self.bias, parallel_blocks(out.size * x.shape[0], *out.shape),
+             clip)
 
     def forward_into_residual(self, residual, x, call=call_now):
         """residual += this layer's output."""

@@ -19,8 +19,6 @@ from tinytrain.graph import Graph
 from tinytrain.layers import Add, Pointwise, SpatialConv, call_now
 from tinytrain.oplog import OpLog
 
-_NO_MASK = np.zeros(0, dtype=np.uint8)  # frozen layers keep no ReLU6 mask
-
 
 @dataclass(frozen=True)
 class Region:
@@ -207,17 +205,15 @@ def run_patch_stage(stage: PatchStage, graph: Graph, arena, source: np.ndarray, 
             start = op_log.start() if op_log else 0
             out = arena.alloc(f"{layer.output}.tile", (graph.shapes[layer.output][0], step.region.height,
                                                        step.region.width), np.float32, "activation")
-            if isinstance(layer, SpatialConv):
-                layer.forward_padded(out, inputs[0], step.pad_top, step.pad_left, call=call)
+            if isinstance(layer, SpatialConv):  # tiles keep no ReLU6 mask: the convs clip in their own kernels
+                layer.forward_padded(out, inputs[0], step.pad_top, step.pad_left, layer.relu6, call=call)
             elif isinstance(layer, Pointwise):
-                layer.forward(out, inputs[0], call=call)
+                layer.forward(out, inputs[0], layer.relu6, call=call)
             else:
                 (row_a, column_a), (row_b, column_b) = step.input_offsets
                 height, width = step.region.height, step.region.width
                 call(np.add, inputs[0][:, row_a:row_a + height, column_a:column_a + width],
                      inputs[1][:, row_b:row_b + height, column_b:column_b + width], out)
-            if layer.relu6:
-                layer.apply_relu6(out, _NO_MASK, False, call=call)
             if op_log:
                 macs = int(layer.weight.size) * out.shape[1] * out.shape[2] if layer.has_weight else 0
                 op_log.record(start, f"fwd {layer.name}{suffix}", layer.op_type, layer.name, op_log.ids(*inputs),

@@ -5,6 +5,7 @@ from numba.extending import register_jitable
 
 from tinytrain.kernels.rows3x3 import (add_plane_correlation, add_plane_correlation_transposed, is_rows3x3,
                                        plane_weight_gradient)
+from tinytrain.kernels.relu6 import clip_plane
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Shifted-plane primitives, shared with depthwise.py: every kernel size and stride that rows3x3.py does not cover.
@@ -91,8 +92,9 @@ def tap_weight_gradient(dout, input, stride, offset_y, offset_x):
 # 3 x 3 at stride 1 or 2 (the stem) runs a whole row at a time (rows3x3.py), other sizes tap by tap.
 
 
-def _conv2d_forward(out, input, weight, bias, stride, pad_top, pad_left):
-    """out[k, y, x] = bias[k] + sum_{c,ky,kx} weight[k,c,ky,kx] * input[c, y*stride+ky-pad_top, x*stride+kx-pad_left].
+def _conv2d_forward(out, input, weight, bias, stride, pad_top, pad_left, clip):
+    """out[k, y, x] = bias[k] + sum_{c,ky,kx} weight[k,c,ky,kx] * input[c, y*stride+ky-pad_top, x*stride+kx-pad_left],
+    clipped to [0, 6] if `clip` (a fused ReLU6).
 
     out (K, Ho, Wo), input (C, H, W), weight (K, C, kh, kw), bias (K,). Bottom/right padding is implied by Ho, Wo.
     """
@@ -103,16 +105,17 @@ def _conv2d_forward(out, input, weight, bias, stride, pad_top, pad_left):
         if by_rows and stride == 2 and pad_top == 0 and pad_left == 0:  # the stem, TF "SAME": see depthwise.py
             for c in range(n_in):  # the first input channel starts from the bias, the others add to it
                 add_plane_correlation(out, k, input, c, weight[k], c, 2, 0, 0, False, bias[k], c > 0)
-            continue
-        if by_rows:
+        elif by_rows:
             for c in range(n_in):
                 add_plane_correlation(out, k, input, c, weight[k], c, stride, pad_top, pad_left, False, bias[k], c > 0)
-            continue
-        out[k] = bias[k]
-        for c in range(n_in):
-            for ky in range(kernel_h):
-                for kx in range(kernel_w):
-                    add_tap(out[k], input[c], weight[k, c, ky, kx], stride, ky - pad_top, kx - pad_left)
+        else:
+            out[k] = bias[k]
+            for c in range(n_in):
+                for ky in range(kernel_h):
+                    for kx in range(kernel_w):
+                        add_tap(out[k], input[c], weight[k, c, ky, kx], stride, ky - pad_top, kx - pad_left)
+        if clip:
+            clip_plane(out, k)
 
 
 conv2d_forward = njit(cache=True, parallel=True)(_conv2d_forward)

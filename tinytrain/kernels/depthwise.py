@@ -11,10 +11,12 @@ from numba import njit, prange
 from tinytrain.kernels.conv2d import add_tap, add_tap_transposed, tap_weight_gradient
 from tinytrain.kernels.rows3x3 import (add_plane_correlation, add_plane_correlation_transposed, is_rows3x3,
                                        plane_weight_gradient)
+from tinytrain.kernels.relu6 import clip_plane
 
 
-def _depthwise_forward(out, input, weight, bias, stride, pad_top, pad_left):
-    """out[c, y, x] = bias[c] + sum_{ky,kx} weight[c, ky, kx] * input[c, y*stride+ky-pad_top, x*stride+kx-pad_left].
+def _depthwise_forward(out, input, weight, bias, stride, pad_top, pad_left, clip):
+    """out[c, y, x] = bias[c] + sum_{ky,kx} weight[c, ky, kx] * input[c, y*stride+ky-pad_top, x*stride+kx-pad_left],
+    clipped to [0, 6] if `clip` (a fused ReLU6).
 
     out (C, Ho, Wo), input (C, H, W), weight (C, kh, kw), bias (C,).
     """
@@ -23,17 +25,17 @@ def _depthwise_forward(out, input, weight, bias, stride, pad_top, pad_left):
     for c in prange(n_channels):
         if by_rows and stride == 1 and pad_top == 1 and pad_left == 1:
             add_plane_correlation(out, c, input, c, weight, c, 1, 1, 1, False, bias[c], False)
-            continue
-        if by_rows and stride == 2 and pad_top == 0 and pad_left == 0:
+        elif by_rows and stride == 2 and pad_top == 0 and pad_left == 0:
             add_plane_correlation(out, c, input, c, weight, c, 2, 0, 0, False, bias[c], False)
-            continue
-        if by_rows:
+        elif by_rows:
             add_plane_correlation(out, c, input, c, weight, c, stride, pad_top, pad_left, False, bias[c], False)
-            continue
-        out[c] = bias[c]
-        for ky in range(kernel_h):
-            for kx in range(kernel_w):
-                add_tap(out[c], input[c], weight[c, ky, kx], stride, ky - pad_top, kx - pad_left)
+        else:
+            out[c] = bias[c]
+            for ky in range(kernel_h):
+                for kx in range(kernel_w):
+                    add_tap(out[c], input[c], weight[c, ky, kx], stride, ky - pad_top, kx - pad_left)
+        if clip:
+            clip_plane(out, c)
 
 
 depthwise_forward = njit(cache=True, parallel=True)(_depthwise_forward)

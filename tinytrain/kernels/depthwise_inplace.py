@@ -13,6 +13,7 @@ from numba.extending import register_jitable
 
 # The same primitives as the out-of-place kernels, so the sums run in the same order and agree bit for bit.
 from tinytrain.kernels.conv2d import add_tap, add_tap_transposed
+from tinytrain.kernels.relu6 import clip_plane
 from tinytrain.kernels.rows3x3 import add_plane_correlation, add_plane_correlation_transposed, is_rows3x3
 
 IN_PLACE_PARTS = 2
@@ -39,8 +40,9 @@ def part_channels(n_channels, part, parts):
     return n_channels * part // parts, n_channels * (part + 1) // parts
 
 
-def _depthwise_forward_inplace(out, input, scratch, weight, bias, stride, pad_top, pad_left):
-    """depthwise_forward where `out` (C, Ho, Wo) is the first C*Ho*Wo floats of `input` (C, H, W)'s own buffer.
+def _depthwise_forward_inplace(out, input, scratch, weight, bias, stride, pad_top, pad_left, clip):
+    """depthwise_forward (`clip`: a fused ReLU6) where `out` (C, Ho, Wo) is the first C*Ho*Wo floats of `input`
+    (C, H, W)'s own buffer.
 
     scratch (parts, H, W), see scratch_shape. In one part, channels run in increasing order: out[c] ends at
     (c+1)*Ho*Wo, which is at most (c+1)*H*W, where input[c+1] starts, so no plane is overwritten before it is copied
@@ -57,18 +59,18 @@ def _depthwise_forward_inplace(out, input, scratch, weight, bias, stride, pad_to
             copy_plane(scratch, part, input, c)
             if by_rows and stride == 1 and pad_top == 1 and pad_left == 1:  # constants: see depthwise.py
                 add_plane_correlation(out, c, scratch, part, weight, c, 1, 1, 1, False, bias[c], False)
-                continue
-            if by_rows and stride == 2 and pad_top == 0 and pad_left == 0:
+            elif by_rows and stride == 2 and pad_top == 0 and pad_left == 0:
                 add_plane_correlation(out, c, scratch, part, weight, c, 2, 0, 0, False, bias[c], False)
-                continue
-            if by_rows:
+            elif by_rows:
                 add_plane_correlation(out, c, scratch, part, weight, c, stride, pad_top, pad_left, False, bias[c],
                                       False)
-                continue
-            out[c] = bias[c]
-            for ky in range(kernel_h):
-                for kx in range(kernel_w):
-                    add_tap(out[c], scratch[part], weight[c, ky, kx], stride, ky - pad_top, kx - pad_left)
+            else:
+                out[c] = bias[c]
+                for ky in range(kernel_h):
+                    for kx in range(kernel_w):
+                        add_tap(out[c], scratch[part], weight[c, ky, kx], stride, ky - pad_top, kx - pad_left)
+            if clip:
+                clip_plane(out, c)
 
 
 depthwise_forward_inplace = njit(cache=True, parallel=True)(_depthwise_forward_inplace)

@@ -6,6 +6,7 @@ from numba import njit, prange
 from numba.extending import register_jitable
 
 from tinytrain.kernels.blas import product, transposed_product
+from tinytrain.kernels.relu6 import SIX, ZERO
 
 # np.dot(a, b, out) in a Numba kernel calls BLAS sgemm and writes straight into `out` without allocating, provided
 # every operand has a C or F layout (a transposed view such as weight.T is F and only flips a BLAS flag; an arbitrary
@@ -43,30 +44,35 @@ def splits_rows(blocks, rows):
 
 
 @register_jitable
-def add_bias(out, bias, first, last):
+def add_bias(out, bias, first, last, clip):
+    """out[:, first:last] += bias[:, None], then clipped to [0, 6] if `clip` (a fused ReLU6, relu6.py's min/max)."""
     for k in range(out.shape[0]):
-        for p in range(first, last):  # explicit: Numba's `out[k] += bias[k]` would allocate a temporary row
-            out[k, p] += bias[k]
+        if clip:
+            for p in range(first, last):  # explicit: Numba's `out[k] += bias[k]` would allocate a temporary row
+                out[k, p] = min(max(out[k, p] + bias[k], ZERO), SIX)
+        else:
+            for p in range(first, last):
+                out[k, p] += bias[k]
 
 
-def _pointwise_forward(out, input, weight, bias, blocks):
-    """out = weight @ input + bias[:, None]; out (K, P), input (C, P), weight (K, C), bias (K,); in `blocks`
-    blocks."""
+def _pointwise_forward(out, input, weight, bias, blocks, clip):
+    """out = weight @ input + bias[:, None], clipped to [0, 6] if `clip` (a fused ReLU6); out (K, P), input (C, P),
+    weight (K, C), bias (K,); in `blocks` blocks."""
     n_out, n_pixels = out.shape
     if blocks <= 1:
         np.dot(weight, input, out)
-        add_bias(out, bias, 0, n_pixels)
+        add_bias(out, bias, 0, n_pixels, clip)
         return
     by_rows = splits_rows(blocks, n_out)
     for block in prange(blocks):
         if by_rows:
             first, last = block_span(block, blocks, n_out)
             np.dot(weight[first:last], input, out[first:last])
-            add_bias(out[first:last], bias[first:last], 0, n_pixels)
+            add_bias(out[first:last], bias[first:last], 0, n_pixels, clip)
         else:
             first, last = block_span(block, blocks, n_pixels)
             product(out[:, first:last], weight, input[:, first:last], False)
-            add_bias(out, bias, first, last)
+            add_bias(out, bias, first, last, clip)
 
 
 pointwise_forward = njit(cache=True, parallel=True)(_pointwise_forward)

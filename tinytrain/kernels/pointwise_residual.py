@@ -17,18 +17,18 @@ def _pointwise_residual_forward(residual, input, weight, bias, blocks):
     n_out, n_pixels = residual.shape
     if blocks <= 1:
         product(residual, weight, input, True)
-        add_bias(residual, bias, 0, n_pixels)
+        add_bias(residual, bias, 0, n_pixels, False)
         return
     by_rows = splits_rows(blocks, n_out)
     for block in prange(blocks):
         if by_rows:
             first, last = block_span(block, blocks, n_out)
             product(residual[first:last], weight[first:last], input, True)
-            add_bias(residual[first:last], bias[first:last], 0, n_pixels)
+            add_bias(residual[first:last], bias[first:last], 0, n_pixels, False)
         else:
             first, last = block_span(block, blocks, n_pixels)
             product(residual[:, first:last], weight, input[:, first:last], True)
-            add_bias(residual, bias, first, last)
+            add_bias(residual, bias, first, last, False)
 
 
 pointwise_residual_forward = njit(cache=True, parallel=True)(_pointwise_residual_forward)

@@ -42,6 +42,16 @@ def clip_chunk(x, mask, save_mask, first, last):
         x[base + i] = min(max(x[base + i], ZERO), SIX)
 
 
+@register_jitable
+def clip_plane(out, plane):
+    """out[plane] (H, W) of out (C, H, W) clipped to [0, 6] in place: the ReLU6 that a conv fuses into its forward
+    when no mask is saved, while the plane it just wrote is still in cache. The same min/max as clip_chunk, so the
+    same bits."""
+    for y in range(out.shape[1]):
+        for x in range(out.shape[2]):
+            out[plane, y, x] = min(max(out[plane, y, x], ZERO), SIX)
+
+
 def _relu6_forward(x, mask, save_mask):
     """x = min(max(x, 0), 6) in place; x (N,), mask (ceil(N/8),) uint8 written if save_mask (else may be size 0)."""
     n = x.shape[0]
