@@ -111,6 +111,8 @@ class SpatialConv(WeightedLayer):
     """What a dense and a depthwise k x k convolution share: a stride and a padding (top, left, bottom, right), so
     an output shape, MACs and a forward that a tile of the input can run with padding of its own origin."""
 
+    fuses_relu6 = True
+
     def __init__(self, name, inputs, output, weight, bias, stride: int, padding: tuple[int, int, int, int], relu6):
         super().__init__(name, inputs, output, weight, bias, relu6)
         self.stride = stride
@@ -126,8 +128,6 @@ class SpatialConv(WeightedLayer):
     def macs(self, input_shapes):
         _, out_h, out_w = self.output_shape(input_shapes)
         return int(self.weight.size) * out_h * out_w
-
-    fuses_relu6 = True
 
     def forward(self, out, x, clip=False, call=call_now):
         self.forward_padded(out, x, self.padding[0], self.padding[1], clip, call)
