@@ -2,7 +2,6 @@
 
 import numpy as np
 from numba import njit, prange
-from numba.extending import register_jitable
 
 # 3 x 3 at stride 1 or 2 (every depthwise conv of MobileNetV2) runs a whole row at a time (rows3x3.py); other sizes
 # run the tap-by-tap primitives of conv2d.
@@ -10,49 +9,9 @@ from numba.extending import register_jitable
 # left), get calls of their own with the geometry as constants: LLVM then compiles the plane code specialised to each,
 # border tests and index arithmetic folded (about 1.3x faster over the network, most on its small planes).
 from tinytrain.kernels.conv2d import add_tap, add_tap_transposed, tap_weight_gradient
-from tinytrain.kernels.relu6 import clip_plane
 from tinytrain.kernels.rows3x3 import (add_plane_correlation, add_plane_correlation_transposed, is_rows3x3,
                                        plane_weight_gradient)
-
-
-@register_jitable
-def forward_plane(out, c, planes, plane, weight, bias, stride, pad_top, pad_left, clip):
-    """out[c] = bias[c] + the k x k correlation of planes[plane] with weight[c], clipped to [0, 6] if `clip` (a fused
-    ReLU6). The in-place kernels call it on a copy of the plane, so they agree with these bit for bit."""
-    kernel_h, kernel_w = weight.shape[1:]
-    by_rows = is_rows3x3(kernel_h, kernel_w, stride)
-    if by_rows and stride == 1 and pad_top == 1 and pad_left == 1:
-        add_plane_correlation(out, c, planes, plane, weight, c, 1, 1, 1, False, bias[c], False)
-    elif by_rows and stride == 2 and pad_top == 0 and pad_left == 0:
-        add_plane_correlation(out, c, planes, plane, weight, c, 2, 0, 0, False, bias[c], False)
-    elif by_rows:
-        add_plane_correlation(out, c, planes, plane, weight, c, stride, pad_top, pad_left, False, bias[c], False)
-    else:
-        out[c] = bias[c]
-        for ky in range(kernel_h):
-            for kx in range(kernel_w):
-                add_tap(out[c], planes[plane], weight[c, ky, kx], stride, ky - pad_top, kx - pad_left)
-    if clip:
-        clip_plane(out, c)
-
-
-@register_jitable
-def backward_input_plane(dinput, c, planes, plane, weight, stride, pad_top, pad_left, accumulate):
-    """dinput[c] (= or +=) weight[c] scattered back from planes[plane], the output gradient of channel c."""
-    kernel_h, kernel_w = weight.shape[1:]
-    by_rows = is_rows3x3(kernel_h, kernel_w, stride)
-    if by_rows and stride == 1 and pad_top == 1 and pad_left == 1:  # its transpose: the rotated correlation
-        add_plane_correlation(dinput, c, planes, plane, weight, c, 1, 1, 1, True, np.float32(0.0), accumulate)
-    elif by_rows and stride == 2 and pad_top == 0 and pad_left == 0:
-        add_plane_correlation_transposed(dinput, c, planes, plane, weight, c, 2, 0, 0, accumulate)
-    elif by_rows:
-        add_plane_correlation_transposed(dinput, c, planes, plane, weight, c, stride, pad_top, pad_left, accumulate)
-    else:
-        if not accumulate:
-            dinput[c] = 0.0
-        for ky in range(kernel_h):
-            for kx in range(kernel_w):
-                add_tap_transposed(dinput[c], planes[plane], weight[c, ky, kx], stride, ky - pad_top, kx - pad_left)
+from tinytrain.kernels.relu6 import clip_plane
 
 
 def _depthwise_forward(out, input, weight, bias, stride, pad_top, pad_left, clip):
@@ -61,8 +20,22 @@ def _depthwise_forward(out, input, weight, bias, stride, pad_top, pad_left, clip
 
     out (C, Ho, Wo), input (C, H, W), weight (C, kh, kw), bias (C,).
     """
-    for c in prange(weight.shape[0]):
-        forward_plane(out, c, input, c, weight, bias, stride, pad_top, pad_left, clip)
+    n_channels, kernel_h, kernel_w = weight.shape
+    by_rows = is_rows3x3(kernel_h, kernel_w, stride)
+    for c in prange(n_channels):
+        if by_rows and stride == 1 and pad_top == 1 and pad_left == 1:
+            add_plane_correlation(out, c, input, c, weight, c, 1, 1, 1, False, bias[c], False)
+        elif by_rows and stride == 2 and pad_top == 0 and pad_left == 0:
+            add_plane_correlation(out, c, input, c, weight, c, 2, 0, 0, False, bias[c], False)
+        elif by_rows:
+            add_plane_correlation(out, c, input, c, weight, c, stride, pad_top, pad_left, False, bias[c], False)
+        else:
+            out[c] = bias[c]
+            for ky in range(kernel_h):
+                for kx in range(kernel_w):
+                    add_tap(out[c], input[c], weight[c, ky, kx], stride, ky - pad_top, kx - pad_left)
+        if clip:
+            clip_plane(out, c)
 
 
 depthwise_forward = njit(cache=True, parallel=True)(_depthwise_forward)
@@ -73,8 +46,23 @@ def _depthwise_backward_input(dinput, dout, weight, stride, pad_top, pad_left, a
 
     dinput (C, H, W), dout (C, Ho, Wo). Channel c only touches dinput[c], so prange over channels is race-free.
     """
-    for c in prange(weight.shape[0]):
-        backward_input_plane(dinput, c, dout, c, weight, stride, pad_top, pad_left, accumulate)
+    n_channels, kernel_h, kernel_w = weight.shape
+    by_rows = is_rows3x3(kernel_h, kernel_w, stride)
+    for c in prange(n_channels):
+        if by_rows and stride == 1 and pad_top == 1 and pad_left == 1:  # its transpose: the rotated correlation
+            add_plane_correlation(dinput, c, dout, c, weight, c, 1, 1, 1, True, np.float32(0.0), accumulate)
+            continue
+        if by_rows and stride == 2 and pad_top == 0 and pad_left == 0:
+            add_plane_correlation_transposed(dinput, c, dout, c, weight, c, 2, 0, 0, accumulate)
+            continue
+        if by_rows:
+            add_plane_correlation_transposed(dinput, c, dout, c, weight, c, stride, pad_top, pad_left, accumulate)
+            continue
+        if not accumulate:
+            dinput[c] = 0.0
+        for ky in range(kernel_h):
+            for kx in range(kernel_w):
+                add_tap_transposed(dinput[c], dout[c], weight[c, ky, kx], stride, ky - pad_top, kx - pad_left)
 
 
 depthwise_backward_input = njit(cache=True, parallel=True)(_depthwise_backward_input)
