@@ -216,6 +216,24 @@ def test_conv2d_matches_torch(n_in, n_out, height, width, kernel, stride, paddin
     np.testing.assert_array_equal(dweight_selected, dweight[np.ix_(out_channels, in_channels)])
 
 
+# A stride-2 patch tile (TF "SAME", nothing padded before) holds the input row and column that its last output's
+# third tap reads, except at the image's bottom and right edges: (rows, columns) of a 6 x 49 output, inside and at
+# both edges. Its output must be the whole plane's bits.
+@pytest.mark.parametrize("rows, columns", [((0, 3), (0, 45)), ((2, 5), (1, 4)), ((3, 6), (44, 49)), ((0, 6), (0, 49))])
+def test_a_stride_2_tile_gives_the_whole_outputs_bits(rows, columns):
+    rng = np.random.default_rng(6)
+    input = random_array(rng, 3, 12, 98)
+    (top, bottom), (left, right) = rows, columns
+    tile = np.ascontiguousarray(input[:, 2 * top:min(2 * bottom + 1, 12), 2 * left:min(2 * right + 1, 98)])
+    depthwise_weight, conv_weight = random_array(rng, 3, 3, 3), random_array(rng, 2, 3, 3, 3)
+    bias = random_array(rng, 3)
+    for forward, weight, channels in ((depthwise_forward, depthwise_weight, 3), (conv2d_forward, conv_weight, 2)):
+        whole, part = unwritten(channels, 6, 49), unwritten(channels, bottom - top, right - left)
+        forward(whole, input, weight, bias[:channels], 2, 0, 0, False)
+        forward(part, tile, weight, bias[:channels], 2, 0, 0, False)
+        np.testing.assert_array_equal(part, whole[:, top:bottom, left:right])
+
+
 @pytest.mark.parametrize("n_channels, height, width, kernel, stride, padding", DEPTHWISE_CASES)
 def test_depthwise_matches_torch(n_channels, height, width, kernel, stride, padding):
     rng = np.random.default_rng(4)

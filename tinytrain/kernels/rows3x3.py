@@ -61,7 +61,8 @@ def add_plane_correlation(out, out_plane, input, in_plane, weight, weight_plane,
         add_same_size_plane_correlation(out, out_plane, input, in_plane, w00, w01, w02, w10, w11, w12, w20, w21, w22,
                                         start, keep)
         return
-    if stride == 2 and pad_top == 0 and pad_left == 0 and in_h == 2 * out_h and in_w == 2 * out_w:
+    if (stride == 2 and pad_top == 0 and pad_left == 0 and 2 * out_h <= in_h <= 2 * out_h + 1
+            and 2 * out_w <= in_w <= 2 * out_w + 1):
         add_halving_plane_correlation(out, out_plane, input, in_plane, w00, w01, w02, w10, w11, w12, w20, w21, w22,
                                       start, keep)
         return
@@ -221,17 +222,22 @@ def add_same_size_plane_correlation(out, out_plane, input, in_plane, w00, w01, w
 @register_jitable(fastmath={"contract"})
 def add_halving_plane_correlation(out, out_plane, input, in_plane, w00, w01, w02, w10, w11, w12, w20, w21, w22,
                                   start, keep):
-    """add_plane_correlation at stride 2 with no padding before (TF "SAME" on an even input: every stride-2
-    depthwise conv of MobileNetV2), out (., Ho, Wo) and input (., 2 Ho, 2 Wo), with the taps w00..w22 given. Only
-    the last row and column reach the padding (tap 2 falls past the input), so each row is a run of Wo - 1 pixels
-    with all their taps and a last pixel with two columns of them, and the last row has two rows of taps: no
+    """add_plane_correlation at stride 2 with no padding before, out (., Ho, Wo) and input (., 2 Ho or 2 Ho + 1,
+    2 Wo or 2 Wo + 1), with the taps w00..w22 given: TF "SAME" on an even input (every stride-2 depthwise conv of
+    MobileNetV2), where only the last row and column reach the padding, and a patch tile of one, whose input holds
+    that last row or column too. Each row is a run of pixels with all their taps, then, when the last column reaches
+    the padding, a last pixel with two columns of them; a last row that reaches the padding has two rows of taps: no
     per-pixel tests. The sums run in add_plane_correlation's order, so the results are the same bits.
     """
     out_h, out_w = out.shape[1:]
+    in_h, in_w = input.shape[1:]
+    full_rows = out_h if in_h > 2 * out_h else out_h - 1  # rows whose three tap rows lie inside the input
+    full_columns = out_w if in_w > 2 * out_w else out_w - 1
+    last = 2 * out_w - 2  # the input column of tap 0 of the last output column
     for y in range(out_h):
-        r0, r1, r2 = 2 * y, 2 * y + 1, min(2 * y + 2, 2 * out_h - 1)  # r2 is read only when it is inside
-        if y + 1 < out_h:
-            for x in range(out_w - 1):
+        r0, r1, r2 = 2 * y, 2 * y + 1, min(2 * y + 2, in_h - 1)  # r2 is read only when it is inside
+        if y < full_rows:
+            for x in range(full_columns):
                 i = 2 * x
                 out[out_plane, y, x] = (
                     (out[out_plane, y, x] if keep else start)
@@ -239,25 +245,25 @@ def add_halving_plane_correlation(out, out_plane, input, in_plane, w00, w01, w02
                     + w10 * input[in_plane, r1, i] + w11 * input[in_plane, r1, i + 1] + w12 * input[in_plane, r1, i + 2]
                     + w20 * input[in_plane, r2, i] + w21 * input[in_plane, r2, i + 1]
                     + w22 * input[in_plane, r2, i + 2])
-            i = 2 * out_w - 2
-            out[out_plane, y, out_w - 1] = (
-                (out[out_plane, y, out_w - 1] if keep else start)
-                + w00 * input[in_plane, r0, i] + w01 * input[in_plane, r0, i + 1]
-                + w10 * input[in_plane, r1, i] + w11 * input[in_plane, r1, i + 1]
-                + w20 * input[in_plane, r2, i] + w21 * input[in_plane, r2, i + 1])
+            if full_columns < out_w:
+                out[out_plane, y, out_w - 1] = (
+                    (out[out_plane, y, out_w - 1] if keep else start)
+                    + w00 * input[in_plane, r0, last] + w01 * input[in_plane, r0, last + 1]
+                    + w10 * input[in_plane, r1, last] + w11 * input[in_plane, r1, last + 1]
+                    + w20 * input[in_plane, r2, last] + w21 * input[in_plane, r2, last + 1])
         else:
-            for x in range(out_w - 1):
+            for x in range(full_columns):
                 i = 2 * x
                 out[out_plane, y, x] = (
                     (out[out_plane, y, x] if keep else start)
                     + w00 * input[in_plane, r0, i] + w01 * input[in_plane, r0, i + 1] + w02 * input[in_plane, r0, i + 2]
                     + w10 * input[in_plane, r1, i] + w11 * input[in_plane, r1, i + 1]
                     + w12 * input[in_plane, r1, i + 2])
-            i = 2 * out_w - 2
-            out[out_plane, y, out_w - 1] = (
-                (out[out_plane, y, out_w - 1] if keep else start)
-                + w00 * input[in_plane, r0, i] + w01 * input[in_plane, r0, i + 1]
-                + w10 * input[in_plane, r1, i] + w11 * input[in_plane, r1, i + 1])
+            if full_columns < out_w:
+                out[out_plane, y, out_w - 1] = (
+                    (out[out_plane, y, out_w - 1] if keep else start)
+                    + w00 * input[in_plane, r0, last] + w01 * input[in_plane, r0, last + 1]
+                    + w10 * input[in_plane, r1, last] + w11 * input[in_plane, r1, last + 1])
 
 
 @register_jitable(fastmath={"contract"})
