@@ -16,9 +16,12 @@ from tinytrain.kernels.depthwise_inplace import (depthwise_backward_input_inplac
 from tinytrain.kernels.pointwise import parallel_blocks, pointwise_backward_input
 from tinytrain.kernels.relu6 import relu6_backward, relu6_forward
 
-# Patch-based execution runs the front depthwise convs on tiles with halos: (C, H, W, stride, pad_top, pad_left).
-# An inner tile reads its padding from its neighbours (pad 0); a corner tile pads with zeros.
-TILE_SHAPES = ((96, 14, 14, 2, 0, 0), (144, 10, 10, 1, 0, 0), (32, 18, 18, 1, 1, 1))
+# Patch-based execution runs the front convs on tiles with halos: (op, C in, C out, H, W, stride, pad_top, pad_left).
+# An inner tile reads its padding from its neighbours (pad 0); a corner tile pads with zeros. The stride-2 shapes
+# are the commonest tiles of the default run at 128x128 (the stem's and features.2's), whose input holds the row
+# and column that the last output's third tap reads.
+TILE_SHAPES = (("conv2d", 3, 32, 31, 31, 2, 0, 0), ("depthwise", 96, 96, 13, 13, 2, 0, 0),
+               ("depthwise", 144, 144, 10, 10, 1, 0, 0), ("depthwise", 32, 32, 18, 18, 1, 1, 1))
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ def _relu6_cases(rng, n_elements, calls):
 
 
 def kernel_cases(graph, seed: int = 0) -> list[KernelCase]:
-    """One case per kernel and distinct layer shape of `graph`, then the depthwise kernels on TILE_SHAPES."""
+    """One case per kernel and distinct layer shape of `graph`, then the conv kernels on TILE_SHAPES."""
     rng = np.random.default_rng(seed)
     spatial, pointwise, relu6 = Counter(), Counter(), Counter()
     for layer in graph.layers:
@@ -133,10 +136,11 @@ def kernel_cases(graph, seed: int = 0) -> list[KernelCase]:
         cases += _pointwise_cases(rng, *key, calls)
     for n_elements, calls in relu6.items():
         cases += _relu6_cases(rng, n_elements, calls)
-    for channels, height, width, stride, pad_top, pad_left in TILE_SHAPES:
-        out_shape = (channels, (height + pad_top - 3) // stride + 1, (width + pad_left - 3) // stride + 1)
-        cases += _spatial_cases(rng, "depthwise", (channels, height, width), out_shape, (channels, 3, 3), stride,
-                                pad_top, pad_left, 0)
+    for op_type, n_in, n_out, height, width, stride, pad_top, pad_left in TILE_SHAPES:
+        out_shape = (n_out, (height + pad_top - 3) // stride + 1, (width + pad_left - 3) // stride + 1)
+        weight_shape = (n_out, n_in, 3, 3) if op_type == "conv2d" else (n_out, 3, 3)
+        cases += _spatial_cases(rng, op_type, (n_in, height, width), out_shape, weight_shape, stride, pad_top,
+                                pad_left, 0)
     return cases
 
 
