@@ -1,6 +1,8 @@
 """The lean schedule (patches, depthwise in place, projections added into their residual, planned offsets) computes
 the layer-by-layer numbers, and fits the default run's step into 256 KiB."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -122,6 +124,37 @@ def test_the_lean_schedule_uses_every_technique_it_names(pretrained_graphs):
     assert in_place & reused == in_place  # every depthwise after the patches writes over its input
     assert {layer.output for layer in graph.layers[21:] if isinstance(layer, Add)} <= reused
     assert "dfeatures.13.expand" in reused  # a stride-1 depthwise backward writes dx over dout
+
+
+def test_strided_backward_in_place_equals_layer_by_layer_on_the_pretrained_model(pretrained_graphs):
+    """First block 11: block 14's stride-2 depthwise writes its 576x8x8 input gradient over its 576x4x4 output
+    gradient, made in a block of the larger size, and the step computes the layer-by-layer numbers."""
+    graph = pretrained_graphs[128]
+    plan = training_policy(TrainConfig(first_block=11), graph).plan(5, 0)
+    schedule = replace(lean_schedule(graph), in_place_strided_backward=True)
+    loss, gradients, _ = observed_step(graph, plan, LAYER_BY_LAYER, MEASURING_ARENA_BYTES)
+    lean_loss, lean_gradients, arena = observed_step(graph, plan, schedule, DEFAULT_CAPACITY)
+    assert arena.high_water_bytes <= DEFAULT_CAPACITY
+    grown = [event for event in arena.trace if event.action == "alloc" and event.name == "dfeatures.14.depthwise"]
+    assert [event.nbytes for event in grown] == [graph.tensor_bytes("features.14.expand")]
+    assert "dfeatures.14.expand" in {event.name for event in arena.trace if event.reuses}
+    assert lean_loss == pytest.approx(loss, rel=1e-5)
+    assert gradients.keys() == lean_gradients.keys() and len(gradients) > 20
+    for name, gradient in gradients.items():
+        assert relative_error(lean_gradients[name], gradient) < 1e-5, name
+
+
+def test_first_block_11_fits_256_kib_only_with_strided_backward_in_place():
+    graph = build_mobilenetv2(num_classes=10, resolution=128)
+    default = fit_schedule(graph, training_policy(TrainConfig(), graph).plan(0, 0), DEFAULT_CAPACITY)
+    assert not default.schedule.in_place_strided_backward  # the default fits without it: its plan is unchanged
+    plan = training_policy(TrainConfig(first_block=11), graph).plan(0, 0)
+    fitted = fit_schedule(graph, plan, DEFAULT_CAPACITY)
+    assert fitted.schedule.in_place_strided_backward
+    assert fitted.memory.high_water_bytes <= DEFAULT_CAPACITY
+    without = measure_training_step(graph, plan, MEASURING_ARENA_BYTES,
+                                    memory_schedule=replace(fitted.schedule, in_place_strided_backward=False))
+    assert without.high_water_bytes > DEFAULT_CAPACITY
 
 
 def test_the_default_run_fits_256_kib_at_128_pixels():

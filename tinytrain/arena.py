@@ -193,6 +193,13 @@ class Arena:
             raise ValueError("trace_position_of() got an array that is not the start of a live arena allocation")
         return self._trace_positions.get(offset)
 
+    def block_bytes(self, view: np.ndarray) -> int:
+        """The bytes reserved for the live allocation starting at `view`: at least its own."""
+        offset = self.offset_of(view)
+        if offset not in self._live:
+            raise ValueError("block_bytes() got an array that is not the start of a live arena allocation")
+        return self._live[offset].reserved
+
     def is_live(self, view: np.ndarray) -> bool:
         return self.offset_of(view) in self._live
 

@@ -7,7 +7,7 @@ an estimate of the extra work, and each is dry-run in an arena of the budget's s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tinytrain.arena import ArenaOverflow
 from tinytrain.engine import SGD
@@ -78,11 +78,16 @@ def candidate_schedules(graph: Graph, plan: UpdatePlan) -> list[tuple[float, Mem
                 if second_first == end:
                     candidates.append((cost + second_cost, MemorySchedule(
                         (PatchSpec(end, (grid, grid)), PatchSpec(second_end, (second_grid, second_grid))), True)))
-    return sorted(candidates, key=lambda candidate: candidate[0])
+    ranked = sorted(candidates, key=lambda candidate: candidate[0])
+    # Last, each in-place candidate again with strided backward in place: it costs no work, but its grown gradient
+    # blocks live longer, so it is for the plans that nothing else fits.
+    return ranked + [(cost, replace(schedule, in_place_strided_backward=True)) for cost, schedule in ranked
+                     if schedule.in_place_depthwise]
 
 
 def _family(schedule: MemorySchedule) -> tuple:
-    return (schedule.in_place_depthwise,) + tuple(spec.end_layer for spec in schedule.patches)
+    return (schedule.in_place_depthwise, schedule.in_place_strided_backward) + tuple(
+        spec.end_layer for spec in schedule.patches)
 
 
 def _tiles(schedule: MemorySchedule) -> int:
@@ -103,16 +108,21 @@ def fit_schedule(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SG
         family = _family(schedule)
         if family not in finest or _tiles(schedule) > _tiles(finest[family]):
             finest[family] = schedule
-    needs = {family: measure_training_step(graph, plan, MEASURING_ARENA_BYTES, sgd, micro_batch, schedule)
-             for family, schedule in finest.items()}
+    needs: dict[tuple, StepMemory] = {}
+
+    def finest_need(family: tuple) -> StepMemory:
+        if family not in needs:
+            needs[family] = measure_training_step(graph, plan, MEASURING_ARENA_BYTES, sgd, micro_batch, finest[family])
+        return needs[family]
+
     for cost, schedule in candidates:
-        if needs[_family(schedule)].high_water_bytes > arena_bytes:
+        if finest_need(_family(schedule)).high_water_bytes > arena_bytes:
             continue
-        need = measure_training_step(graph, plan, MEASURING_ARENA_BYTES, sgd, micro_batch, schedule)
-        if need.high_water_bytes <= arena_bytes:
+        measured = measure_training_step(graph, plan, MEASURING_ARENA_BYTES, sgd, micro_batch, schedule)
+        if measured.high_water_bytes <= arena_bytes:
             memory = measure_training_step(graph, plan, arena_bytes, sgd, micro_batch, schedule, checked=True)
             return FittedSchedule(schedule, memory, cost)
-    family, leanest = min(needs.items(), key=lambda item: item[1].high_water_bytes)
+    family, leanest = min(((family, finest_need(family)) for family in finest), key=lambda item: item[1].high_water_bytes)
     raise BudgetTooSmall(_too_small_message(graph, finest[family], leanest, arena_bytes), finest[family], leanest)
 
 

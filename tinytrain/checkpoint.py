@@ -201,7 +201,8 @@ def load_trained_model(path: str | Path) -> TrainedModel:
 
 def _schedule_record(schedule: MemorySchedule) -> dict:
     return {"patches": [{"end_layer": spec.end_layer, "grid": list(spec.grid)} for spec in schedule.patches],
-            "in_place_depthwise": schedule.in_place_depthwise}
+            "in_place_depthwise": schedule.in_place_depthwise,
+            "in_place_strided_backward": schedule.in_place_strided_backward}
 
 
 def _schedule_from_record(record: dict, layer_count: int) -> MemorySchedule:
@@ -211,7 +212,9 @@ def _schedule_from_record(record: dict, layer_count: int) -> MemorySchedule:
     ends = [0] + [spec.end_layer for spec in patches] + [layer_count]
     if any(first >= end for first, end in zip(ends, ends[1:])) or any(min(spec.grid) < 1 for spec in patches):
         raise ValueError(f"memory schedule {record} does not fit a graph of {layer_count} layers")
-    return MemorySchedule(patches, bool(record["in_place_depthwise"]))
+    # checkpoints written before strided backward in place existed do not name it
+    return MemorySchedule(patches, bool(record["in_place_depthwise"]),
+                          bool(record.get("in_place_strided_backward", False)))
 
 
 def _attributes(file: h5py.File) -> dict:

@@ -492,6 +492,7 @@ class Engine:
         arena, graph = self.arena, self.graph
         grads = _Gradients(arena, self._call)
         grads.put(graph.output_name, dlogits)
+        grown = self._grown_gradients(schedule)
         retained_holders = dict(schedule.retained_by)
         for index in reversed(range(len(graph.layers))):
             step, layer = schedule.layers[index], graph.layers[index]
@@ -517,7 +518,7 @@ class Engine:
                 self._written.extend(self._ids(dout))  # masked in place
                 layer.relu6_backward(dout, mask, call=self._call)
                 arena.free(mask)
-            if self._backward_in_place(layer, step, grads):
+            if self._backward_in_place(layer, step, grads, dout):
                 # the bias gradient reads dout, so it comes first; dx then overwrites dout
                 if step.update is not None:
                     self._update(layer, step, dout, saved_input, update)
@@ -532,7 +533,8 @@ class Engine:
                 self._record(start, f"bwd {layer.name}", op_type, layer.name, reads, macs, step.update)
                 continue
             if step.input_needs_grad[0]:
-                dx, accumulate = grads.for_write(layer.inputs[0], graph.shapes[layer.inputs[0]])
+                dx, accumulate = grads.for_write(layer.inputs[0], graph.shapes[layer.inputs[0]],
+                                                 grown.get(layer.inputs[0], 0))
                 if accumulate:
                     self._written.extend(self._ids(dx))
                 layer.backward_input(dx, dout, accumulate, call=self._call)
@@ -548,12 +550,26 @@ class Engine:
             grads.release(dout)
             self._record(start, f"bwd {layer.name}", op_type, layer.name, reads, macs, step.update)
 
-    def _backward_in_place(self, layer, step, grads: _Gradients) -> bool:
-        """A stride-1 depthwise conv whose weight does not train can write dx over dout: the weight update would
-        otherwise need dout after dx has used the old weights."""
-        return (self.memory_schedule.in_place_depthwise and isinstance(layer, Depthwise) and layer.stride == 1
+    def _backward_in_place(self, layer, step, grads: _Gradients, dout: np.ndarray) -> bool:
+        """A depthwise conv whose weight does not train can write dx over dout when dout's block holds dx: at
+        stride 1 always, strided when dout was made in a block of dx's size (_grown_gradients). A trained weight's
+        update would need dout after dx has used the old weights."""
+        return (self.memory_schedule.in_place_depthwise and isinstance(layer, Depthwise)
                 and step.input_needs_grad[0] and not grads.has(layer.inputs[0])
-                and (step.update is None or not step.update.trains_weight) and step.saved_input != RETAIN)
+                and (step.update is None or not step.update.trains_weight) and step.saved_input != RETAIN
+                and self.arena.block_bytes(dout) >= self.graph.tensor_bytes(layer.inputs[0]))
+
+    def _grown_gradients(self, schedule: StepSchedule) -> dict[str, int]:
+        """Tensor -> floats of the block its gradient is made in, for the output of every strided depthwise conv
+        that will write its larger input gradient over that gradient (MemorySchedule.in_place_strided_backward)."""
+        if not (self.memory_schedule.in_place_depthwise and self.memory_schedule.in_place_strided_backward):
+            return {}
+        grown = {}
+        for layer, step in zip(self.graph.layers, schedule.layers):
+            if (isinstance(layer, Depthwise) and layer.stride != 1 and step.runs_backward and step.input_needs_grad[0]
+                    and (step.update is None or not step.update.trains_weight) and step.saved_input != RETAIN):
+                grown[layer.output] = math.prod(self.graph.shapes[layer.inputs[0]])
+        return grown
 
     def _update(self, layer, step, dout, saved_input, update: _Update) -> None:
         arena, layer_update = self.arena, step.update
@@ -753,12 +769,18 @@ class _Gradients:
             del self.holders[offset]
             self.arena.free(view)
 
-    def for_write(self, name: str, shape) -> tuple[np.ndarray, bool]:
-        """The buffer to write d`name` into, and whether to accumulate (another consumer already wrote it)."""
+    def for_write(self, name: str, shape, block_floats: int = 0) -> tuple[np.ndarray, bool]:
+        """The buffer to write d`name` into, and whether to accumulate (another consumer already wrote it). A new
+        one is made in a block of `block_floats` when that is more than its own size, the rest left for an op that
+        will write a larger tensor over it."""
         if name in self.by_tensor:
             self._make_exclusive(name)
             return self.by_tensor[name], True
-        view = self.arena.alloc(f"d{name}", shape, np.float32, "grad")
+        size = math.prod(shape)
+        if block_floats > size:
+            view = self.arena.alloc(f"d{name}", (block_floats,), np.float32, "grad")[:size].reshape(shape)
+        else:
+            view = self.arena.alloc(f"d{name}", shape, np.float32, "grad")
         self.put(name, view)
         return view, False
 

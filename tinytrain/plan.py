@@ -151,10 +151,14 @@ class MemorySchedule:
     previous stage's output whole and leaves its own whole; none runs every layer whole.
     `in_place_depthwise`: a depthwise conv whose input dies with it writes its output over that input, and a
     stride-1 depthwise conv whose weight does not train writes its input gradient over its output gradient.
+    `in_place_strided_backward` (with `in_place_depthwise`): so does a strided one, whose input gradient is larger
+    than its output gradient: the output gradient is made in a block of the input gradient's size. That block is live
+    from the op that writes the output gradient on, so it is a choice for a plan that needs it, not a free saving.
     """
 
     patches: tuple[PatchSpec, ...] = ()
     in_place_depthwise: bool = False
+    in_place_strided_backward: bool = False
 
     def describe(self, graph: Graph) -> str:
         parts = []
@@ -166,6 +170,8 @@ class MemorySchedule:
             first = spec.end_layer
         if self.in_place_depthwise:
             parts.append("depthwise in place")
+        if self.in_place_strided_backward:
+            parts.append("strided depthwise backward in place")
         return ", ".join(parts) or "layer by layer"
 
 
