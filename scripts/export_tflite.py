@@ -9,11 +9,9 @@ from pathlib import Path
 from tinytrain.checkpoint import load_trained_model
 from tinytrain.cli import add_debug_flag, run_script
 from tinytrain.data import Augmenter
-from tinytrain.tflite.export import describe_export, export_tflite
+from tinytrain.tflite.export import DEFAULT_CALIBRATION_IMAGES, describe_export, export_tflite
 from tinytrain.tflite.packages import require
 from tinytrain.tflite.run_data import load_run_split
-
-DEFAULT_CALIBRATION_IMAGES = 500
 
 
 def parse_args(argv):

@@ -13,7 +13,7 @@ from tinytrain.graph import Graph
 from tinytrain.layers import Add, Conv2d, Depthwise, GlobalAvgPool, Layer, Linear, Pointwise, SpatialConv, same_padding
 
 from .flatbuffer import ModelRecord, Operator, Options, Quantization, Tensor
-from .quantization import Calibration, activation_quantization, quantize_weight_and_bias, tap_means
+from .quantization import Calibration, activation_quantizations, quantize_layer
 
 # ActivationFunctionType and Padding values of schema.fbs
 NO_ACTIVATION, RELU6 = 0, 3
@@ -38,8 +38,9 @@ class _Converter:
         self.calibration = calibration
         self.model = ModelRecord()
         self.index: dict[str, int] = {}  # tinytrain tensor name -> TFLite tensor index
-        self.quantization: dict[str, Quantization] = {}  # int8 only: tinytrain tensor name -> its quantization
-        self.index[graph.input_name] = self._activation(graph.input_name, graph.input_name, relu6=False)
+        # int8 only: tinytrain tensor name -> its quantization
+        self.quantization = {} if calibration is None else activation_quantizations(graph, calibration)
+        self.index[graph.input_name] = self._activation(graph.input_name)
         for layer in graph.layers:
             self._layer(layer)
         self.model.inputs = (self.index[graph.input_name],)
@@ -52,16 +53,12 @@ class _Converter:
     def int8(self) -> bool:
         return self.calibration is not None
 
-    def _activation(self, name: str, source: str, relu6: bool) -> int:
-        """A new activation tensor `name` shaped as tinytrain tensor `source`, NHWC, quantized over its range."""
-        shape = self.graph.shapes[source]
+    def _activation(self, name: str) -> int:
+        """A new activation tensor for tinytrain tensor `name`, NHWC, quantized as activation_quantizations says."""
+        shape = self.graph.shapes[name]
         nhwc = (1,) + shape[1:] + shape[:1] if len(shape) == 3 else (1,) + shape
-        quantization = None
-        if self.int8:
-            quantization = activation_quantization(self.calibration.ranges[source], relu6)
-            self.quantization[name] = quantization
         return self.model.add_tensor(Tensor(name, nhwc, np.int8 if self.int8 else np.float32,
-                                            quantization=quantization))
+                                            quantization=self.quantization.get(name)))
 
     def _constant(self, name: str, data: np.ndarray, quantization: Quantization | None = None) -> int:
         return self.model.add_tensor(Tensor(name, data.shape, data.dtype, data, quantization))
@@ -74,13 +71,13 @@ class _Converter:
         if isinstance(layer, (Conv2d, Depthwise, Pointwise)):
             self._convolution(layer)
         elif isinstance(layer, Add):
-            output = self._activation(layer.output, layer.output, relu6=False)
+            output = self._activation(layer.output)
             self._operator("ADD", tuple(self.index[name] for name in layer.inputs), output,
                            Options("AddOptions", {"FusedActivationFunction": NO_ACTIVATION}))
             self.index[layer.output] = output
         elif isinstance(layer, GlobalAvgPool):
             axes = self._constant(f"{layer.name}/axes", np.array([1, 2], np.int32))  # H and W of NHWC
-            output = self._activation(layer.output, layer.output, relu6=False)
+            output = self._activation(layer.output)
             self._operator("MEAN", (self.index[layer.inputs[0]], axes), output,
                            Options("ReducerOptions", {"KeepDims": False}))
             self.index[layer.output] = output
@@ -101,7 +98,7 @@ class _Converter:
             stride = layer.stride
             x, padding = self._padding(layer, x, source)
         weight_index, bias_index = self._weight_and_bias(layer, channel_axis, source)
-        output = self._activation(layer.output, layer.output, relu6=layer.relu6)
+        output = self._activation(layer.output)
         fields = {"Padding": padding, "StrideW": stride, "StrideH": stride,
                   "FusedActivationFunction": RELU6 if layer.relu6 else NO_ACTIVATION,
                   "DilationWFactor": 1, "DilationHFactor": 1}
@@ -137,9 +134,7 @@ class _Converter:
         if not self.int8:
             return (self._constant(f"{layer.name}/weight", _tflite_layout(layer, layer.weight)),
                     self._constant(f"{layer.name}/bias", layer.bias.copy()))
-        quantized = quantize_weight_and_bias(layer.weight, layer.bias, float(self.quantization[source].scale[0]),
-                                             tap_means(layer, self.calibration.means[source]),
-                                             self.calibration.moments[layer.name], isinstance(layer, Depthwise))
+        quantized = quantize_layer(layer, self.quantization[source], self.calibration)
         zeros = np.zeros(len(quantized.bias), np.int64)
         return (self._constant(f"{layer.name}/weight", _tflite_layout(layer, quantized.weight),
                                Quantization(quantized.weight_scale, zeros, channel_axis)),
@@ -148,7 +143,7 @@ class _Converter:
     def _linear(self, layer: Linear) -> None:
         source = layer.inputs[0]
         weight_index, bias_index = self._weight_and_bias(layer, 0, source)  # (K, C)
-        output = self._activation(layer.output, layer.output, relu6=False)
+        output = self._activation(layer.output)
         self._operator("FULLY_CONNECTED", (self.index[source], weight_index, bias_index), output,
                        Options("FullyConnectedOptions", {"FusedActivationFunction": NO_ACTIVATION}))
         self.index[layer.output] = output

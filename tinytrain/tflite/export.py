@@ -12,7 +12,9 @@ from tinytrain.graph import Graph
 from .convert import graph_to_tflite
 from .flatbuffer import Quantization, serialize
 from .equalization import equalize
-from .quantization import calibrate, channel_ranges
+from .quantization import Calibration, calibrate, channel_ranges
+
+DEFAULT_CALIBRATION_IMAGES = 500
 
 
 @dataclass(frozen=True)
@@ -36,11 +38,7 @@ def export_tflite(graph: Graph, output: str | Path, calibration: Augmenter | Non
     equalized (equalization.py): the same float function, whose channels share one scale better."""
     quantization = None
     if calibration is not None:
-        def images():
-            return (image for image, _ in calibration.epoch(0))
-
-        graph = equalize(graph, channel_ranges(graph, images(), len(calibration), progress))
-        quantization = calibrate(graph, images(), len(calibration), progress)
+        graph, quantization = prepare_int8(graph, calibration, progress)
     model = graph_to_tflite(graph, quantization)
     data = serialize(model)
     output = Path(output)
@@ -53,6 +51,16 @@ def export_tflite(graph: Graph, output: str | Path, calibration: Augmenter | Non
     return ExportSummary(output, len(data), operators, len(calibration) if quantization is not None else 0,
                          input_tensor.shape, output_tensor.shape, input_tensor.quantization,
                          output_tensor.quantization, graph.preprocessing.mean, graph.preprocessing.std)
+
+
+def prepare_int8(graph: Graph, calibration: Augmenter, progress: bool = True) -> tuple[Graph, Calibration]:
+    """The graph an int8 export quantizes (its linear bottlenecks equalized) and its calibration, over the images
+    `calibration` yields."""
+    def images():
+        return (image for image, _ in calibration.epoch(0))
+
+    graph = equalize(graph, channel_ranges(graph, images(), len(calibration), progress))
+    return graph, calibrate(graph, images(), len(calibration), progress)
 
 
 def describe_export(summary: ExportSummary, class_names: tuple[str, ...]) -> str:

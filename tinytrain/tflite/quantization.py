@@ -17,7 +17,7 @@ from tqdm import tqdm
 from tinytrain.arena import Arena
 from tinytrain.engine import Engine
 from tinytrain.graph import Graph
-from tinytrain.layers import WeightedLayer
+from tinytrain.layers import Depthwise, WeightedLayer
 from tinytrain.memory import MEASURING_ARENA_BYTES
 
 from .flatbuffer import Quantization
@@ -117,6 +117,14 @@ def activation_quantization(value_range: Range, relu6: bool = False) -> Quantiza
     return Quantization(np.array([scale], np.float32), np.array([zero_point], np.int64))
 
 
+def activation_quantizations(graph: Graph, calibration: Calibration) -> dict[str, Quantization]:
+    """Every activation's int8 quantization as the export writes it: the input's and each layer output's, over its
+    calibrated range, clamped to [0, 6] where a conv's fused ReLU6 writes it."""
+    relu6 = {layer.output for layer in graph.layers if isinstance(layer, WeightedLayer) and layer.relu6}
+    names = (graph.input_name,) + tuple(layer.output for layer in graph.layers)
+    return {name: activation_quantization(calibration.ranges[name], name in relu6) for name in names}
+
+
 def quantize(values: np.ndarray, quantization: Quantization) -> np.ndarray:
     """Per-tensor int8 of float `values`: round(x / scale) + zero_point, saturated."""
     scaled = np.round(values / quantization.scale[0]) + quantization.zero_point[0]
@@ -133,6 +141,13 @@ class QuantizedLayer:
     weight_scale: np.ndarray  # (K,) float32; zero points are 0 (symmetric)
     bias: np.ndarray  # (K,) int32
     bias_scale: np.ndarray  # (K,) float32, input_scale * weight_scale
+
+
+def quantize_layer(layer: WeightedLayer, input_quantization: Quantization, calibration: Calibration) -> QuantizedLayer:
+    """The int8 weight and int32 bias of `layer` (quantize_weight_and_bias) whose input is quantized as given."""
+    return quantize_weight_and_bias(layer.weight, layer.bias, float(input_quantization.scale[0]),
+                                    tap_means(layer, calibration.means[layer.inputs[0]]),
+                                    calibration.moments[layer.name], isinstance(layer, Depthwise))
 
 
 def tap_means(layer: WeightedLayer, input_mean: np.ndarray) -> np.ndarray:
