@@ -122,7 +122,8 @@ def fit_schedule(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SG
         if measured.high_water_bytes <= arena_bytes:
             memory = measure_training_step(graph, plan, arena_bytes, sgd, micro_batch, schedule, checked=True)
             return FittedSchedule(schedule, memory, cost)
-    family, leanest = min(((family, finest_need(family)) for family in finest), key=lambda item: item[1].high_water_bytes)
+    family = min(finest, key=lambda family: finest_need(family).high_water_bytes)
+    leanest = finest_need(family)
     raise BudgetTooSmall(_too_small_message(graph, finest[family], leanest, arena_bytes), finest[family], leanest)
 
 
