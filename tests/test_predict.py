@@ -3,6 +3,7 @@ bad checkpoint or image refused in one line."""
 
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -206,6 +207,18 @@ def test_an_arena_too_small_for_the_model_names_what_overflowed(tmp_path, images
     status, out, err = run_cli(capsys, "--checkpoint", str(checkpoint), "--arena-bytes", "8192", str(images[0]))
     assert status == 1 and out == "" and "Traceback" not in err, err
     assert err.startswith("error: arena overflow") and "the arena has 8,192 B" in err, err  # before any progress bar
+
+
+def test_a_checkpoint_keeps_its_schedule_and_reads_one_written_before_strided_backward_in_place(tmp_path):
+    graph = make_graph()
+    schedule = MemorySchedule((PatchSpec(patch_boundaries(graph)[6], (2, 2)),), True, True)
+    checkpoint = write_checkpoint(tmp_path / "checkpoint.h5", graph, schedule)
+    assert load_trained_model(checkpoint).memory_schedule == schedule
+    with h5py.File(checkpoint, "r+") as file:  # as a checkpoint of before the option existed has it
+        record = json.loads(file.attrs["memory_schedule"])
+        del record["in_place_strided_backward"]
+        file.attrs["memory_schedule"] = json.dumps(record)
+    assert load_trained_model(checkpoint).memory_schedule == replace(schedule, in_place_strided_backward=False)
 
 
 def test_a_damaged_schedule_is_refused(tmp_path, images):
