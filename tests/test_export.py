@@ -25,24 +25,27 @@ GCC = shutil.which("gcc")
 needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc is not installed; the C header cannot be compiled")
 
 
-@pytest.fixture(scope="module", params=["dynamic", "dense", "dynamic lean"])
+@pytest.fixture(scope="module", params=["dynamic", "dense", "dynamic lean", "dynamic lean strided"])
 def step(request):
     """The exported plan of one step of a random-init model at 32 px, beside the same step traced in an engine's
     arena of its own. Momentum leaves optimizer state live after
     the step, and weight-gradient tiles of 4 KiB make the same tensor name be allocated many times. "lean" runs the
-    frozen front in patches and depthwise convs in place."""
+    frozen front in patches and depthwise convs in place; "strided" also block 14's stride-2 depthwise backward,
+    whose output gradient is made in a block of its input gradient's size."""
     graph = build_mobilenetv2(resolution=32)
     policy = request.param.split()[0]
     update_plan = make_policy(policy, graph, seed=0).plan(3, 0)
     schedule = LAYER_BY_LAYER
-    if request.param.endswith("lean"):
+    if "lean" in request.param:
         ends = [index + 1 for index, layer in enumerate(graph.layers) if layer.name == "features.3.add"]
-        schedule = MemorySchedule((PatchSpec(ends[0], (2, 3)),), True)
+        schedule = MemorySchedule((PatchSpec(ends[0], (2, 3)),), True, request.param.endswith("strided"))
     engine = Engine(graph, Arena(ARENA_BYTES), wgrad_tile_bytes=4096, memory_schedule=schedule)
     engine.op_log = OpLog(engine.arena)
     image = np.zeros((32, 32, 3), dtype=np.uint8)
     sgd = SGD(lr=0.0, momentum=0.9)
     engine.train_step(image, 0, update_plan, sgd, apply_update=False)
+    grown = {event.name for event in engine.arena.trace if event.reuses} & {"dfeatures.14.expand"}
+    assert bool(grown) == schedule.in_place_strided_backward
     plan = build_memory_plan(graph, update_plan, ARENA_BYTES, sgd, wgrad_tile_bytes=4096,
                              provenance={"policy": request.param}, memory_schedule=schedule)
     return graph, update_plan, engine, plan
