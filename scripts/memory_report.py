@@ -8,10 +8,11 @@ import sys
 from dataclasses import replace
 
 from tinytrain.arena import DEFAULT_CAPACITY, KINDS
+from tinytrain.cli import add_debug_flag, run_script
 from tinytrain.memory_table import SCHEDULES, largest_fitting_resolution, memory_rows
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.sparse import POLICIES
-from tinytrain.train import TrainConfig, block_or_none, training_policy
+from tinytrain.train import ConfigError, TrainConfig, block_or_none, training_policy, validate_config
 from tinytrain.weights import load_pretrained
 
 
@@ -32,6 +33,9 @@ def parse_args(argv):
                         help="target fraction of all conv weights updated per step by static/dynamic (default 0.02)")
     parser.add_argument("--last-k", type=int, default=2, help="layers trained by last-k, classifier included "
                         "(default 2)")
+    parser.add_argument("--first-block", type=int, default=TrainConfig.first_block,
+                        help="static, dynamic: the earliest block whose convs train; earlier stages stay frozen "
+                             f"(default {TrainConfig.first_block}, as fine-tuning)")
     parser.add_argument("--bias-from-block", type=block_or_none, default=TrainConfig.bias_from_block,
                         help="static, dynamic: also train every bias from this block on, or 'none' (default "
                              f"{TrainConfig.bias_from_block}, as fine-tuning)")
@@ -56,13 +60,27 @@ def parse_args(argv):
                              "schedule")
     parser.add_argument("--json", action="store_true",
                         help="print JSON: one object, or a list of objects for several policies/resolutions")
-    return parser.parse_args(argv)
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    for policy in args.policy:
+        try:
+            validate_config(config_of(policy, args))
+        except ConfigError as error:
+            parser.error(str(error))
+    return args
+
+
+def config_of(policy_name: str, args) -> TrainConfig:
+    return replace(TrainConfig(), policy=policy_name, ratio=args.ratio, last_k=args.last_k, seed=args.seed,
+                   first_block=args.first_block, bias_from_block=args.bias_from_block)
 
 
 def policy_at(resolution: int, policy_name: str, args, weights):
     graph = build_mobilenetv2(num_classes=10, resolution=resolution, weights=weights, seed=args.seed)
-    return graph, training_policy(replace(TrainConfig(), policy=policy_name, ratio=args.ratio, last_k=args.last_k,
-                                          seed=args.seed, bias_from_block=args.bias_from_block), graph)
+    try:
+        return graph, training_policy(config_of(policy_name, args), graph)
+    except ValueError as error:  # a first block after the last conv, or a ratio no layer split can meet
+        raise ConfigError(f"{error}; choose other --first-block, --bias-from-block or --ratio values") from error
 
 
 def first_plan_at(resolution: int, args, weights):
@@ -95,29 +113,33 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    weights = load_pretrained(data_dir=args.data_dir)
-    rows = [row.as_dict() for resolution in args.resolution for policy in args.policy
-            for row in memory_rows(*policy_at(resolution, policy, args, weights), args.arena_bytes, args.steps,
-                                   args.steps_per_epoch, args.schedule)]
-    if args.largest_fitting:
-        found = largest_fitting_resolution(lambda size: first_plan_at(size, args, weights), args.arena_bytes,
-                                           max(args.resolution), args.largest_fitting)
-        largest = None if found is None else {"resolution": found[0], "policy": args.policy[0],
-                                              "memory_schedule": found[1]}
-        rows.append({"largest_fitting": largest, "arena_bytes": args.arena_bytes,
-                     "resolution_step": args.largest_fitting})
-    if args.json:
-        json.dump(rows[0] if len(rows) == 1 else rows, sys.stdout, indent=2)
-        print()
-    else:
-        print_table([row for row in rows if "largest_fitting" not in row])
+
+    def body() -> int:
+        weights = load_pretrained(data_dir=args.data_dir)
+        rows = [row.as_dict() for resolution in args.resolution for policy in args.policy
+                for row in memory_rows(*policy_at(resolution, policy, args, weights), args.arena_bytes, args.steps,
+                                       args.steps_per_epoch, args.schedule)]
         if args.largest_fitting:
-            largest = rows[-1]["largest_fitting"]
+            found = largest_fitting_resolution(lambda size: first_plan_at(size, args, weights), args.arena_bytes,
+                                               max(args.resolution), args.largest_fitting)
+            largest = None if found is None else {"resolution": found[0], "policy": args.policy[0],
+                                                  "memory_schedule": found[1]}
+            rows.append({"largest_fitting": largest, "arena_bytes": args.arena_bytes,
+                         "resolution_step": args.largest_fitting})
+        if args.json:
+            json.dump(rows[0] if len(rows) == 1 else rows, sys.stdout, indent=2)
             print()
-            print(f"Largest resolution whose whole {args.policy[0]} step fits {args.arena_bytes:,} B (searched upward "
-                  f"from {max(args.resolution)} px in steps of {args.largest_fitting}): "
-                  + ("none" if largest is None else f"{largest['resolution']} px ({largest['memory_schedule']})"))
-    return 0
+        else:
+            print_table([row for row in rows if "largest_fitting" not in row])
+            if args.largest_fitting:
+                largest = rows[-1]["largest_fitting"]
+                print()
+                print(f"Largest resolution whose whole {args.policy[0]} step fits {args.arena_bytes:,} B (searched "
+                      f"upward from {max(args.resolution)} px in steps of {args.largest_fitting}): "
+                      + ("none" if largest is None else f"{largest['resolution']} px ({largest['memory_schedule']})"))
+        return 0
+
+    return run_script(body, args.debug)
 
 
 if __name__ == "__main__":
