@@ -1,5 +1,5 @@
-"""The lean schedule (patches, depthwise in place, projections added into their residual, planned offsets) computes
-the layer-by-layer numbers, and fits the default run's step into 256 KiB."""
+"""The lean schedule (patches, depthwise in place, projections added into their residual, strided depthwise backward
+in place, planned offsets) computes the layer-by-layer numbers, and fits the default run's step into 256 KiB."""
 
 from dataclasses import replace
 
