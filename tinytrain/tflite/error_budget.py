@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tinytrain.graph import Graph
-from tinytrain.layers import Pointwise, SpatialConv, WeightedLayer
+from tinytrain.layers import Pointwise, SpatialConv
 
 from .flatbuffer import Quantization
 from .quantization import Calibration, activation_quantizations, dequantize, quantize, quantize_layer
@@ -105,9 +105,9 @@ def _forward(graph: Graph, tensors: dict[str, np.ndarray], start: int,
         if isinstance(layer, (SpatialConv, Pointwise)):
             layer.forward(out, inputs[0], clip=layer.relu6)
         else:
-            if isinstance(layer, WeightedLayer) and layer.relu6:
-                raise ValueError(f"{layer.name}: a {type(layer).__name__} with a ReLU6 has no int8 export")
             layer.forward(out, *inputs)
+            if layer.relu6:
+                np.clip(out, 0.0, 6.0, out=out)
         tensors[layer.output] = _round(out, grids[layer.output]) if layer.output in grids else out
     return tensors
 
