@@ -8,10 +8,9 @@ from pathlib import Path
 
 from tinytrain.checkpoint import load_trained_model
 from tinytrain.cli import add_debug_flag, run_script
-from tinytrain.data import Augmenter
 from tinytrain.tflite.export import DEFAULT_CALIBRATION_IMAGES, describe_export, export_tflite
 from tinytrain.tflite.packages import require
-from tinytrain.tflite.run_data import load_run_split
+from tinytrain.tflite.run_data import calibration_images
 
 
 def parse_args(argv):
@@ -63,14 +62,8 @@ def main(argv=None) -> int:
         model = load_trained_model(args.checkpoint)
         calibration = None
         if args.int8:
-            train = load_run_split(model.config, "train", model.graph.input_shape[1], args.data_dir,
-                                   progress=not args.no_progress)
-            if args.calibration_images > len(train):
-                print(f"error: --calibration-images {args.calibration_images:,}: the run's training split has "
-                      f"{len(train):,} images; ask for at most that many", file=sys.stderr)
-                return 1
-            calibration = Augmenter(train.images, train.labels, model.graph.input_shape[1], shuffle=False,
-                                    subset=args.calibration_images, seed=args.seed)
+            calibration = calibration_images(model.config, model.graph.input_shape[1], args.calibration_images,
+                                             args.seed, args.data_dir, progress=not args.no_progress)
         summary = export_tflite(model.graph, args.output, calibration, progress=not args.no_progress)
         print(describe_export(summary, model.class_names))
         return 0

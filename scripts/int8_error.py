@@ -12,7 +12,7 @@ from tinytrain.data import Augmenter
 from tinytrain.tflite.agreement import preprocess
 from tinytrain.tflite.error_budget import describe_error_budget, measure_error_budget
 from tinytrain.tflite.export import DEFAULT_CALIBRATION_IMAGES, prepare_int8
-from tinytrain.tflite.run_data import load_run_split
+from tinytrain.tflite.run_data import calibration_images, load_run_split
 
 
 def parse_args(argv):
@@ -55,14 +55,9 @@ def main(argv=None) -> int:
         model = load_trained_model(args.checkpoint)
         resolution = model.graph.input_shape[1]
         progress = not args.no_progress
-        train = load_run_split(model.config, "train", resolution, args.data_dir, progress=progress)
-        if args.calibration_images > len(train):
-            print(f"error: --calibration-images {args.calibration_images:,}: the run's training split has "
-                  f"{len(train):,} images; ask for at most that many", file=sys.stderr)
-            return 1
+        calibration = calibration_images(model.config, resolution, args.calibration_images, args.seed,
+                                         args.data_dir, progress)
         test = load_run_split(model.config, "test", resolution, args.data_dir, progress=progress)
-        calibration = Augmenter(train.images, train.labels, resolution, shuffle=False,
-                                subset=args.calibration_images, seed=args.seed)
         graph, quantization = prepare_int8(model.graph, calibration, progress)
         samples = Augmenter(test.images[:args.images], test.labels[:args.images], resolution, shuffle=False)
         budget = measure_error_budget(graph, quantization, (preprocess(graph, image) for image, _ in samples.epoch(0)),

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tinytrain.arena import Arena
-from tinytrain.data import Augmenter
+from tinytrain.data import Augmenter, Dataset
+from tinytrain.tflite import run_data
 from tinytrain.engine import Engine
 from tinytrain.memory import MEASURING_ARENA_BYTES
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
@@ -76,6 +77,15 @@ def test_rounded_weights_are_the_exports_integers_dequantized(quantized):
         np.testing.assert_allclose(layer.bias / exported.bias_scale, exported.bias, atol=1e-2, err_msg=layer.name)
         assert not np.array_equal(layer.weight, original.weight), layer.name  # rounding moved them
         assert not np.shares_memory(layer.weight, original.weight)  # a copy: the graph keeps its float weights
+
+
+def test_calibration_asks_for_at_most_the_training_split(monkeypatch):
+    split = Dataset(pixels(5, seed=4), np.zeros(5, np.uint8), ("only",), "five random images")
+    monkeypatch.setattr(run_data, "load_run_split", lambda *arguments, **options: split)
+    subset = run_data.calibration_images({}, RESOLUTION, 5, seed=0)
+    assert len(subset) == 5 and [image.shape for image, _ in subset.epoch(0)] == [(RESOLUTION, RESOLUTION, 3)] * 5
+    with pytest.raises(run_data.TooFewImages, match="--calibration-images 6: the run's training split has 5 images"):
+        run_data.calibration_images({}, RESOLUTION, 6, seed=0)
 
 
 @pytest.mark.parametrize("arguments, message", [

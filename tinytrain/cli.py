@@ -17,13 +17,14 @@ from tinytrain.pruned_model import PrunedModelError
 from tinytrain.tflite.agreement import ModelMismatch
 from tinytrain.tflite.convert import ExportError
 from tinytrain.tflite.packages import MissingPackageError
+from tinytrain.tflite.run_data import TooFewImages
 from tinytrain.tflite.runtimes import RuntimeLoadError
 from tinytrain.train import ConfigError
 from tinytrain.weights.errors import WeightsError
 
 # Each of these carries a message that names the file or setting and says what to do.
 EXPECTED_ERRORS = (ArenaOverflow, CheckpointError, ConfigError, DataError, ExportError, MissingPackageError,
-                   ModelMismatch, PrunedModelError, RuntimeLoadError, TrainingDiverged, WeightsError)
+                   ModelMismatch, PrunedModelError, RuntimeLoadError, TooFewImages, TrainingDiverged, WeightsError)
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

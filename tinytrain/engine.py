@@ -550,26 +550,26 @@ class Engine:
             grads.release(dout)
             self._record(start, f"bwd {layer.name}", op_type, layer.name, reads, macs, step.update)
 
-    def _backward_in_place(self, layer, step, grads: _Gradients, dout: np.ndarray) -> bool:
-        """A depthwise conv whose weight does not train can write dx over dout when dout's block holds dx: at
-        stride 1 always, strided when dout was made in a block of dx's size (_grown_gradients). A trained weight's
+    def _may_write_dx_over_dout(self, layer, step) -> bool:
+        """A depthwise conv whose weight does not train, in a schedule with depthwise in place: a trained weight's
         update would need dout after dx has used the old weights."""
-        return (self.memory_schedule.in_place_depthwise and isinstance(layer, Depthwise)
-                and step.input_needs_grad[0] and not grads.has(layer.inputs[0])
-                and (step.update is None or not step.update.trains_weight) and step.saved_input != RETAIN
+        return (self.memory_schedule.in_place_depthwise and isinstance(layer, Depthwise) and step.input_needs_grad[0]
+                and (step.update is None or not step.update.trains_weight) and step.saved_input != RETAIN)
+
+    def _backward_in_place(self, layer, step, grads: _Gradients, dout: np.ndarray) -> bool:
+        """Such a conv writes dx over dout when dx is its input's only gradient and dout's block holds dx: at
+        stride 1 always, strided when dout was made in a block of dx's size (_grown_gradients)."""
+        return (self._may_write_dx_over_dout(layer, step) and not grads.has(layer.inputs[0])
                 and self.arena.block_bytes(dout) >= self.graph.tensor_bytes(layer.inputs[0]))
 
     def _grown_gradients(self, schedule: StepSchedule) -> dict[str, int]:
         """Tensor -> floats of the block its gradient is made in, for the output of every strided depthwise conv
         that will write its larger input gradient over that gradient (MemorySchedule.in_place_strided_backward)."""
-        if not (self.memory_schedule.in_place_depthwise and self.memory_schedule.in_place_strided_backward):
+        if not self.memory_schedule.in_place_strided_backward:
             return {}
-        grown = {}
-        for layer, step in zip(self.graph.layers, schedule.layers):
-            if (isinstance(layer, Depthwise) and layer.stride != 1 and step.runs_backward and step.input_needs_grad[0]
-                    and (step.update is None or not step.update.trains_weight) and step.saved_input != RETAIN):
-                grown[layer.output] = math.prod(self.graph.shapes[layer.inputs[0]])
-        return grown
+        return {layer.output: math.prod(self.graph.shapes[layer.inputs[0]])
+                for layer, step in zip(self.graph.layers, schedule.layers)
+                if step.runs_backward and self._may_write_dx_over_dout(layer, step) and layer.stride != 1}
 
     def _update(self, layer, step, dout, saved_input, update: _Update) -> None:
         arena, layer_update = self.arena, step.update

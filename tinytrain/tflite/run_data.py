@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tinytrain.data import Dataset, load_cifar10, scan_folder_dataset
+from tinytrain.data import Augmenter, Dataset, load_cifar10, scan_folder_dataset
+
+
+class TooFewImages(ValueError):
+    """More calibration images asked for than the run's training split holds."""
 
 
 def load_run_split(config: dict, split: str, resolution: int, data_dir: str | Path | None = None,
@@ -16,3 +20,14 @@ def load_run_split(config: dict, split: str, resolution: int, data_dir: str | Pa
         return load_cifar10(split, data_dir=data_dir, progress=progress)
     folder = scan_folder_dataset(config["dataset"], config.get("test_fraction"), config.get("seed", 0), progress)
     return folder.load(split, resolution, progress=progress)
+
+
+def calibration_images(config: dict, resolution: int, count: int, seed: int, data_dir: str | Path | None = None,
+                       progress: bool = True) -> Augmenter:
+    """A seeded random subset of `count` training images of the run of `config`, at `resolution`, unaugmented: what
+    calibrates an int8 export. TooFewImages if the split has fewer."""
+    train = load_run_split(config, "train", resolution, data_dir, progress)
+    if count > len(train):
+        raise TooFewImages(f"--calibration-images {count:,}: the run's training split has {len(train):,} images; "
+                           "ask for at most that many")
+    return Augmenter(train.images, train.labels, resolution, shuffle=False, subset=count, seed=seed)
