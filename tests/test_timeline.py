@@ -105,3 +105,18 @@ def test_a_trace_that_does_not_start_empty_is_refused():
     op = OpEvent(0, 1, "fwd x", "add", "x", (), (), 0, (), (), False, False)
     with pytest.raises(ValueError, match="allocated before the trace began"):
         tensors_from_trace([TraceEvent("free", 0, 16, "activation", "a", (16,), "|u1")], [op])
+
+
+def test_the_figure_draws_each_measured_panel(graph, tmp_path):
+    pytest.importorskip("matplotlib")
+    from tinytrain.timeline_figure import measure_panels, write_timeline_figure
+
+    plan = make_policy("dynamic", graph).plan(0, 0)
+    panels = measure_panels(graph, {"dynamic": (plan, LAYER_BY_LAYER), "dynamic patched": (plan, patched(graph))})
+    assert [panel.title for panel in panels] == ["dynamic", "dynamic patched"]
+    for panel in panels:
+        assert int(panel.timeline.total_bytes.max()) == panel.memory.whole_step_peak_bytes
+    path = tmp_path / "figures" / "timeline.png"
+    write_timeline_figure(panels, f"{RESOLUTION}x{RESOLUTION}", path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [entry.name for entry in path.parent.iterdir()] == ["timeline.png"]  # no temporary left beside it
