@@ -26,15 +26,14 @@ def test_every_case_is_the_same_work_in_both_frameworks(measured):
         # inference: the largest logit difference; training: the first step's loss difference
         assert result.difference < 1e-4, result
         assert result.tinytrain.median_ms > 0 and result.torch.median_ms > 0
-        assert result.speedup == result.torch.median_ms / result.tinytrain.median_ms
 
 
-def test_the_profiled_steps_are_recorded_steps_with_time_outside_kernels(measured):
+def test_each_profile_times_the_kernels_of_every_phase(measured):
     assert set(measured.profiles) == set(PROFILED_CASES)
     for profile in measured.profiles.values():
         assert profile.kernel_calls > 0 and OUTSIDE_KERNELS in profile.ms
-        assert sum(profile.ms.values()) == pytest.approx(profile.step_ms)
-    assert measured.lean_schedule  # described, as the report prints it
+        kernel_phases = {op[0] for op, ms in profile.ms.items() if op != OUTSIDE_KERNELS and ms > 0}
+        assert kernel_phases == {"forward", "loss", "backward", "step"}
 
 
 def test_the_script_prints_the_json_rows():
