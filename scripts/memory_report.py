@@ -77,10 +77,7 @@ def config_of(policy_name: str, args) -> TrainConfig:
 
 def policy_at(resolution: int, policy_name: str, args, weights):
     graph = build_mobilenetv2(num_classes=10, resolution=resolution, weights=weights, seed=args.seed)
-    try:
-        return graph, training_policy(config_of(policy_name, args), graph)
-    except ValueError as error:  # a first block after the last conv, or a ratio no layer split can meet
-        raise ConfigError(f"{error}; choose other --first-block, --bias-from-block or --ratio values") from error
+    return graph, training_policy(config_of(policy_name, args), graph)
 
 
 def first_plan_at(resolution: int, args, weights):

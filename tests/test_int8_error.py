@@ -10,10 +10,10 @@ import pytest
 
 from tinytrain.arena import Arena
 from tinytrain.data import Augmenter, Dataset
-from tinytrain.tflite import run_data
 from tinytrain.engine import Engine
 from tinytrain.memory import MEASURING_ARENA_BYTES
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
+from tinytrain.tflite import run_data
 from tinytrain.tflite.agreement import preprocess
 from tinytrain.tflite.error_budget import measure_error_budget, rounded_weights_graph
 from tinytrain.tflite.export import prepare_int8

@@ -68,10 +68,14 @@ def block_or_none(text: str) -> int | None:
 
 
 def training_policy(config: TrainConfig, graph: Graph) -> Policy:
-    """The update policy `config` describes, for `graph`."""
-    return make_policy(config.policy, graph, target_fraction=config.ratio, last_k=config.last_k, seed=config.seed,
-                       first_block=config.first_block, ratio_decay=config.ratio_decay,
-                       bias_from_block=config.bias_from_block)
+    """The update policy `config` describes, for `graph`. ConfigError when the graph cannot take it (a first block
+    after the last conv, or a ratio no layer split can meet)."""
+    try:
+        return make_policy(config.policy, graph, target_fraction=config.ratio, last_k=config.last_k, seed=config.seed,
+                           first_block=config.first_block, ratio_decay=config.ratio_decay,
+                           bias_from_block=config.bias_from_block)
+    except ValueError as error:
+        raise ConfigError(f"{error}; choose other --first-block, --bias-from-block or --ratio values") from error
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
@@ -214,10 +218,7 @@ class Trainer:
                 raise ConfigError(f"--model {config.model}: its classifier has {self.graph.num_classes} classes, the "
                                   f"data {len(self.class_names)}; fine-tune the pretrained model instead (leave out "
                                   "--model), or prune for this many classes")
-        try:
-            self.policy = training_policy(config, self.graph)
-        except ValueError as error:
-            raise ConfigError(f"{error}; choose other --first-block, --bias-from-block or --ratio values") from error
+        self.policy = training_policy(config, self.graph)
         # Fails here, before any training, if no memory schedule fits the plan into the arena.
         fitted = fit_schedule(self.graph, self.policy.plan(0, 0), config.arena_bytes, SGD(0.0, config.momentum),
                               micro_batch=config.micro_batch)
