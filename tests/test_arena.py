@@ -134,8 +134,30 @@ def test_a_placement_puts_each_allocation_where_it_was_planned_and_rejects_the_u
     assert arena.live_bytes == 0
 
 
+def _assert_no_overlap_while_both_live(trace, placement) -> None:
+    spans, start = {}, {}
+    occurrences = {}
+    for position, event in enumerate(trace):
+        if event.action == "alloc":
+            key = (event.name, occurrences.get(event.name, 0))
+            occurrences[event.name] = key[1] + 1
+            start[event.offset] = (key, position)
+        else:
+            key, begin = start.pop(event.offset)
+            spans[key] = (begin, position)
+    for key, begin in start.values():
+        spans[key] = (begin, len(trace))
+    keys = list(spans)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            if spans[a][0] <= spans[b][1] and spans[b][0] <= spans[a][1]:
+                (offset_a, size_a), (offset_b, size_b) = placement.offsets[a], placement.offsets[b]
+                assert offset_a + size_a <= offset_b or offset_b + size_b <= offset_a, (a, b)
+
+
 def test_planned_offsets_never_overlap_while_both_live():
-    """Random lifetimes, some never freed (they are planned as live through the whole step)."""
+    """Random lifetimes, some never freed (they are planned as live through the whole step); greedy by size, and
+    searched further for an arena no larger than the most bytes live at once."""
     from tinytrain.placement import plan_placement
 
     rng = np.random.default_rng(5)
@@ -146,23 +168,35 @@ def test_planned_offsets_never_overlap_while_both_live():
             first_fit.free(live.pop(rng.integers(len(live))))
         else:
             live.append(first_fit.alloc(f"t{step}", (int(rng.integers(1, 2000)),), np.float32))
-    placement = plan_placement(first_fit.trace, 16)
-    spans, start = {}, {}
-    occurrences = {}
-    for position, event in enumerate(first_fit.trace):
-        if event.action == "alloc":
-            key = (event.name, occurrences.get(event.name, 0))
-            occurrences[event.name] = key[1] + 1
-            start[event.offset] = (key, position)
+    greedy = plan_placement(first_fit.trace, 16)
+    searched = plan_placement(first_fit.trace, 16, capacity=first_fit.peak_bytes)
+    for placement in (greedy, searched):
+        _assert_no_overlap_while_both_live(first_fit.trace, placement)
+        assert placement.high_water_bytes >= first_fit.peak_bytes
+    assert searched.high_water_bytes <= greedy.high_water_bytes
+
+
+def test_a_placement_that_overflows_greedy_by_size_is_searched_until_it_fits():
+    """Seven lifetimes (bytes, first event, last event) whose greedy-by-size offsets reach 176 B while at most 160
+    B are ever live at once; searched for a 160 B arena, they fit it, and the same search gives the same offsets."""
+    from tinytrain.placement import plan_placement
+
+    lifetimes = [(80, 5, 7), (64, 1, 4), (32, 3, 8), (48, 7, 9), (64, 3, 5), (80, 0, 2), (48, 6, 11)]
+    events = sorted([(first, 1, index) for index, (_, first, _) in enumerate(lifetimes)]
+                    + [(last, 0, index) for index, (_, _, last) in enumerate(lifetimes)])
+    first_fit = Arena(1 << 16, alignment=16)
+    views = {}
+    for _, starts, index in events:  # at the same time, frees before allocations
+        if starts:
+            views[index] = first_fit.alloc(f"t{index}", (lifetimes[index][0],), np.uint8)
         else:
-            key, begin = start.pop(event.offset)
-            spans[key] = (begin, position)
-    for key, begin in start.values():
-        spans[key] = (begin, len(first_fit.trace))
-    keys = list(spans)
-    for i, a in enumerate(keys):
-        for b in keys[i + 1:]:
-            if spans[a][0] <= spans[b][1] and spans[b][0] <= spans[a][1]:
-                (offset_a, size_a), (offset_b, size_b) = placement.offsets[a], placement.offsets[b]
-                assert offset_a + size_a <= offset_b or offset_b + size_b <= offset_a, (a, b)
-    assert placement.high_water_bytes >= first_fit.peak_bytes
+            first_fit.free(views.pop(index))
+    assert first_fit.peak_bytes == 160
+    assert plan_placement(first_fit.trace, 16).high_water_bytes == 176
+    assert plan_placement(first_fit.trace, 16, capacity=1000).high_water_bytes == 176  # fits: no search
+    searched = plan_placement(first_fit.trace, 16, capacity=160)
+    assert searched.high_water_bytes == 160
+    _assert_no_overlap_while_both_live(first_fit.trace, searched)
+    assert plan_placement(first_fit.trace, 16, capacity=160) == searched
+    # a capacity below the bytes live at once cannot be met by any order: greedy's offsets, not searched
+    assert plan_placement(first_fit.trace, 16, capacity=150).high_water_bytes == 176

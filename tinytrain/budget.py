@@ -23,6 +23,7 @@ PATCH_GRIDS = (2, 3, 4, 5, 6, 8)  # tiles per side of a stage's output
 # recorded step's loop (scripts/bench_step.py's profile gives its time outside kernels per call) and Numba's dispatch.
 SECONDS_PER_MAC = 1 / 3e9
 SECONDS_PER_KERNEL_CALL = 2e-6
+SEARCHED_SCHEDULES = 4  # candidates whose greedy offsets overflow that are dry-run anyway, for the placement search
 
 
 class BudgetTooSmall(ArenaOverflow):
@@ -98,10 +99,12 @@ def fit_schedule(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SG
                  micro_batch: int = 1) -> FittedSchedule:
     """The cheapest candidate whose dry run fits `arena_bytes`; BudgetTooSmall if none does.
 
-    Each candidate is first measured in a large arena (its high water is what its planned offsets need), so a
-    family of stage boundaries whose finest grid does not fit is not tried at coarser grids, and only a candidate
-    that fits there is run again in an arena of the budget's size, in checked mode (oplog.OpLog): every op is
-    verified to have written only its own outputs, and nothing above the measured high water."""
+    Each candidate is first measured in a large arena: a family of stage boundaries whose finest grid has more bytes
+    live at once than the budget is not tried at coarser grids. A candidate whose offsets, greedy by size, fit the
+    budget there is run again in an arena of the budget's size, in checked mode (oplog.OpLog): every op is verified
+    to have written only its own outputs, and nothing above the measured high water. One whose bytes live at once
+    fit but whose greedy offsets do not is run there too, where the placement searches further (placement.py), for
+    the first SEARCHED_SCHEDULES such candidates."""
     candidates = candidate_schedules(graph, plan)
     finest = {}
     for _, schedule in candidates:
@@ -115,13 +118,22 @@ def fit_schedule(graph: Graph, plan: UpdatePlan, arena_bytes: int, sgd: SGD = SG
             needs[family] = measure_training_step(graph, plan, MEASURING_ARENA_BYTES, sgd, micro_batch, finest[family])
         return needs[family]
 
+    searches = 0
     for cost, schedule in candidates:
-        if finest_need(_family(schedule)).high_water_bytes > arena_bytes:
+        if finest_need(_family(schedule)).whole_step_peak_bytes > arena_bytes:
             continue
         measured = measure_training_step(graph, plan, MEASURING_ARENA_BYTES, sgd, micro_batch, schedule)
-        if measured.high_water_bytes <= arena_bytes:
+        if measured.whole_step_peak_bytes > arena_bytes:
+            continue
+        if measured.high_water_bytes > arena_bytes:
+            if searches == SEARCHED_SCHEDULES:
+                continue
+            searches += 1
+        try:
             memory = measure_training_step(graph, plan, arena_bytes, sgd, micro_batch, schedule, checked=True)
-            return FittedSchedule(schedule, memory, cost)
+        except ArenaOverflow:
+            continue
+        return FittedSchedule(schedule, memory, cost)
     family = min(finest, key=lambda family: finest_need(family).high_water_bytes)
     leanest = finest_need(family)
     raise BudgetTooSmall(_too_small_message(graph, finest[family], leanest, arena_bytes), finest[family], leanest)

@@ -698,7 +698,7 @@ class Engine:
         arena.reset_peak()
         engine.op_log = OpLog(arena)
         rehearsal(engine)
-        placement = plan_placement(arena.trace, self.arena.alignment, fixed)
+        placement = plan_placement(arena.trace, self.arena.alignment, fixed, self.arena.usable_bytes)
         return step_table(arena.trace, engine.op_log.events, placement, self.arena.alignment)
 
     def _overflow_message(self, table: StepTable) -> str:

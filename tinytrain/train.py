@@ -43,8 +43,9 @@ class TrainConfig:
     last_k: int = 2
     first_block: int = DEFAULT_FIRST_BLOCK  # front stages before this block stay frozen (static, dynamic)
     ratio_decay: float = 4.0  # channel ratio of the first trained layer over that of the last
-    # static, dynamic: also train every bias from this block on. Block 7 is the earliest whose step fits 256 KiB at
-    # 128x128: block 4's 144x32x32 expansion gradient alone is 589,824 B.
+    # static, dynamic: also train every bias from this block on. Block 6 is the earliest whose step fits 256 KiB at
+    # 128x128 (its offsets only after placement.py's search), block 5 needs 273,792 B, and block 4's 144x32x32
+    # expansion gradient alone is 589,824 B.
     bias_from_block: int | None = 7
     resolution: int = 128
     arena_bytes: int = DEFAULT_CAPACITY  # the whole step, input frame included, lives in it
