@@ -78,8 +78,8 @@ def plan_placement(trace: list[TraceEvent], alignment: int, fixed: tuple[tuple[i
 
 
 class _Lifetimes:
-    """The blocks of one step: their first and last events and reserved bytes (C,), the fixed blocks last, at
-    their own offsets."""
+    """The blocks of one step: their first and last events and reserved bytes, each (blocks,), the fixed blocks
+    last, at their own offsets."""
 
     def __init__(self, first: np.ndarray, last: np.ndarray, size: np.ndarray, fixed_offsets: np.ndarray):
         self.size = size
@@ -101,8 +101,8 @@ class _Lifetimes:
         return int((offset + self.size).max(initial=0))
 
     def place(self, order: np.ndarray) -> np.ndarray:
-        """Offsets (C,): the blocks in `order`, each at the lowest offset where it overlaps no block placed before it
-        that is live at the same time."""
+        """Offsets (blocks,): the blocks in `order`, each at the lowest offset where it overlaps no block placed
+        before it that is live at the same time."""
         offset = np.concatenate([np.full(self.planned, -1, dtype=np.int64), self.fixed_offsets])
         placed = np.concatenate([np.zeros(self.planned, dtype=bool), np.ones(len(self.fixed_offsets), dtype=bool)])
         for block in order:
