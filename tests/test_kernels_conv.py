@@ -321,10 +321,12 @@ def test_transposed_product_on_views(columns, accumulate):
 
 
 @pytest.mark.parametrize("accumulate", [True, False])
-@pytest.mark.parametrize("n_in, n_out, n_pixels", [(96, 144, 1024), (24, 16, 4096), (160, 960, 16), (960, 160, 16)])
+@pytest.mark.parametrize("n_in, n_out, n_pixels", [(96, 144, 1024), (24, 16, 4096), (160, 960, 16), (960, 160, 16),
+                                                   (320, 1280, 1), (1280, 320, 1)])
 def test_pointwise_in_blocks(n_in, n_out, n_pixels, accumulate):
-    """A large product runs as one sgemm per block of output rows, or of pixel columns when the rows are few. Any
-    number of blocks gives the product, and the same bits on one thread as on all."""
+    """A large product runs as one sgemm per block of output rows, or of pixel columns when the rows are few (a
+    single pixel as one pass over the weight's rows). Any number of blocks gives the product, and the same bits on one
+    thread as on all."""
     rng = np.random.default_rng(8)
     x, weight, bias = random_array(rng, n_in, n_pixels), random_array(rng, n_out, n_in), random_array(rng, n_out)
     dout, start = random_array(rng, n_out, n_pixels), random_array(rng, n_in, n_pixels)
@@ -352,3 +354,4 @@ def test_large_products_get_a_block_per_core():
     assert parallel_blocks(PARALLEL_MACS, 1000, 16) == min(cores, 1000 // ALIGNMENT)
     assert parallel_blocks(PARALLEL_MACS, 16, 4096) == min(cores, 4096 // ALIGNMENT)
     assert parallel_blocks(PARALLEL_MACS, ALIGNMENT, ALIGNMENT) == 1  # neither side has two groups
+    assert parallel_blocks(4 * PARALLEL_MACS, 1280, 1) == 1  # a single pixel: one pass over the weight's rows

@@ -8,7 +8,8 @@ from numba.extending import register_jitable
 from tinytrain.kernels.blas import product, transposed_product
 from tinytrain.kernels.relu6 import SIX, ZERO
 
-# np.dot(a, b, out) in a Numba kernel calls BLAS sgemm and writes straight into `out` without allocating, provided
+# The products run through blas.py (sgemm, or a pass over the rows for a single pixel) and the weight gradient through
+# np.dot(a, b, out), which in a Numba kernel calls sgemm and writes straight into `out` without allocating, provided
 # every operand has a C or F layout (a transposed view such as weight.T is F and only flips a BLAS flag; an arbitrary
 # strided view would be copied first). Callers pass C-contiguous arena views.
 # BLAS runs one thread (tinytrain/__init__.py), so a large product is split into `blocks` blocks, one per Numba thread,
@@ -24,8 +25,9 @@ ALIGNMENT = 48  # a multiple of either side of an sgemm register tile (4, 6, 8, 
 
 def parallel_blocks(macs: int, rows: int, columns: int) -> int:
     """How many blocks a product of `macs` multiply-adds into a (rows, columns) output runs in: one per core of the
-    machine if it is large enough and one of its sides has that many ALIGNMENT-sized groups, else 1."""
-    if macs < PARALLEL_MACS:
+    machine if it is large enough and one of its sides has that many ALIGNMENT-sized groups, else 1. A single column
+    (one pixel) is one pass over the weight (blas.py), which a block of the weight's columns would make strided."""
+    if macs < PARALLEL_MACS or columns == 1:
         return 1
     return max(1, min(numba.config.NUMBA_DEFAULT_NUM_THREADS, max(rows, columns) // ALIGNMENT))
 
@@ -60,14 +62,14 @@ def _pointwise_forward(out, input, weight, bias, blocks, clip):
     weight (K, C), bias (K,); in `blocks` blocks."""
     n_out, n_pixels = out.shape
     if blocks <= 1:
-        np.dot(weight, input, out)
+        product(out, weight, input, False)
         add_bias(out, bias, 0, n_pixels, clip)
         return
     by_rows = splits_rows(blocks, n_out)
     for block in prange(blocks):
         if by_rows:
             first, last = block_span(block, blocks, n_out)
-            np.dot(weight[first:last], input, out[first:last])
+            product(out[first:last], weight[first:last], input, False)
             add_bias(out[first:last], bias[first:last], 0, n_pixels, clip)
         else:
             first, last = block_span(block, blocks, n_pixels)
