@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tinytrain.cpu import cpu_model
 from tinytrain.step_benchmark import CASES, PROFILED_CASES, benchmark_resolution
 from tinytrain.step_profile import OUTSIDE_KERNELS
 
@@ -46,3 +47,4 @@ def test_the_script_prints_the_json_rows():
     for row in rows:
         assert set(row) == {"case", "resolution", "tinytrain_ms", "torch_ms", "speedup"} and row["resolution"] == 32
     assert "ms per step, median of 1" in done.stderr and "dynamic-lean at 32x32" in done.stderr
+    assert f"cores of {cpu_model()};" in done.stderr  # ratios depend on the processor, so the report names it

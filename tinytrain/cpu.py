@@ -1,9 +1,12 @@
-"""How busy the machine's cores are with other processes, and the warning a run gets when its threads must share."""
+"""The machine's processor, how busy its cores are with other processes, and the warning a run gets when its
+threads must share."""
 
 from __future__ import annotations
 
 import os
 import time
+
+import llvmlite.binding as llvm
 
 BUSY_CORES_TO_WARN = 0.5  # other processes' cores' worth of CPU above which Numba's default threads contend
 
@@ -44,3 +47,15 @@ def thread_contention_warning(seconds: float = 0.5) -> str | None:
     return (f"warning: other processes are using {busy:.1f} of this machine's {cores} cores and NUMBA_NUM_THREADS is "
             f"unset, so Numba's {cores} threads will wait on them and training can run many times slower; set "
             f"NUMBA_NUM_THREADS={free} (the free cores)")
+
+
+def cpu_model() -> str:
+    """The processor's name as the kernel reports it, and the CPU that LLVM (hence Numba) compiles for: speed ratios
+    between two frameworks depend on both, so a benchmark states them."""
+    name = "unknown processor"
+    try:
+        with open("/proc/cpuinfo") as info:
+            name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name} (LLVM target {llvm.get_host_cpu_name()})"
