@@ -13,7 +13,7 @@ import numba
 import torch
 
 from tinytrain.arena import DEFAULT_CAPACITY
-from tinytrain.cpu import cpu_model, cpu_seconds
+from tinytrain.cpu import blas_kernels, cpu_model, cpu_seconds
 from tinytrain.step_benchmark import (MATMUL_SIZE, NUM_CLASSES, ResolutionBenchmark, benchmark_resolution,
                                       machine_matmul_rates, other_load)
 from tinytrain.step_profile import OUTSIDE_KERNELS
@@ -70,6 +70,7 @@ def print_report(benchmarks: list[ResolutionBenchmark], rates: tuple[float, floa
     say(f"MobileNetV2-1.0, batch 1, float32, BatchNorm folded, random init, {NUM_CLASSES} classes; "
         f"{os.cpu_count()} cores of {cpu_model()}; threads: Numba {numba.get_num_threads()}, PyTorch {torch.get_num_threads()}, "
         f"OpenBLAS {os.environ.get('OPENBLAS_NUM_THREADS')}; torch {torch.__version__}, numba {numba.__version__}")
+    say(f"OpenBLAS kernels (SciPy's, which the pointwise products call): {blas_kernels()}")
     # Another job on these cores slows both frameworks, and not evenly: re-run when this is not near 0.
     say(f"CPU used by other processes during the run: {disturbance}")
     say()

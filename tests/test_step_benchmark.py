@@ -3,6 +3,7 @@ profiled, and scripts/bench_step.py --json prints the rows its readers parse."""
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -47,4 +48,17 @@ def test_the_script_prints_the_json_rows():
     for row in rows:
         assert set(row) == {"case", "resolution", "tinytrain_ms", "torch_ms", "speedup"} and row["resolution"] == 32
     assert "ms per step, median of 1" in done.stderr and "dynamic-lean at 32x32" in done.stderr
-    assert f"cores of {cpu_model()};" in done.stderr  # ratios depend on the processor, so the report names it
+    # ratios depend on the processor and on the BLAS kernels run on it, so the report names both
+    assert f"cores of {cpu_model()};" in done.stderr and "OpenBLAS kernels (SciPy's" in done.stderr
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="Haswell is a kernel set of OpenBLAS on x86-64 only")
+def test_the_blas_kernels_named_are_the_ones_openblas_runs():
+    # OpenBLAS reads OPENBLAS_CORETYPE when it loads, so each setting needs a process of its own.
+    def reported(environment):
+        return subprocess.run([sys.executable, "-c", "from tinytrain.cpu import blas_kernels; print(blas_kernels())"],
+                              capture_output=True, text=True, check=True, env=environment).stdout.strip()
+
+    unset = {name: value for name, value in os.environ.items() if name != "OPENBLAS_CORETYPE"}
+    assert reported({**unset, "OPENBLAS_CORETYPE": "Haswell"}) == "Haswell, as OPENBLAS_CORETYPE=Haswell asks"
+    assert reported(unset).endswith(", chosen for this processor")

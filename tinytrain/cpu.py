@@ -3,10 +3,13 @@ threads must share."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
+from pathlib import Path
 
 import llvmlite.binding as llvm
+import scipy
 
 BUSY_CORES_TO_WARN = 0.5  # other processes' cores' worth of CPU above which Numba's default threads contend
 
@@ -59,3 +62,16 @@ def cpu_model() -> str:
     except OSError:
         pass
     return f"{name} (LLVM target {llvm.get_host_cpu_name()})"
+
+
+def blas_kernels() -> str:
+    """Which of its kernel sets the OpenBLAS inside SciPy (the sgemm the pointwise kernels call) runs: it picks one for
+    the processor unless OPENBLAS_CORETYPE names one, and on a processor with AVX-512 the two can differ in speed."""
+    libraries = sorted((Path(scipy.__file__).parent.parent / "scipy.libs").glob("libscipy_openblas*.so*"))
+    try:
+        corename = ctypes.CDLL(str(libraries[0])).scipy_openblas_get_corename
+    except (IndexError, OSError, AttributeError):
+        return "unknown (not SciPy's bundled OpenBLAS)"
+    corename.restype = ctypes.c_char_p
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    return corename().decode() + (f", as OPENBLAS_CORETYPE={forced} asks" if forced else ", chosen for this processor")
