@@ -68,9 +68,10 @@ def print_report(benchmarks: list[ResolutionBenchmark], rates: tuple[float, floa
 
     results = [result for benchmark in benchmarks for result in benchmark.results]
     say(f"MobileNetV2-1.0, batch 1, float32, BatchNorm folded, random init, {NUM_CLASSES} classes; "
-        f"{os.cpu_count()} cores of {cpu_model()}; threads: Numba {numba.get_num_threads()}, PyTorch {torch.get_num_threads()}, "
-        f"OpenBLAS {os.environ.get('OPENBLAS_NUM_THREADS')}; torch {torch.__version__}, numba {numba.__version__}")
-    say(f"OpenBLAS kernels (SciPy's, which the pointwise products call): {blas_kernels()}")
+        f"{os.cpu_count()} cores of {cpu_model()}; threads: Numba {numba.get_num_threads()}, "
+        f"PyTorch {torch.get_num_threads()}, OpenBLAS {os.environ.get('OPENBLAS_NUM_THREADS')}; "
+        f"torch {torch.__version__}, numba {numba.__version__}")
+    say(f"OpenBLAS kernels (SciPy's, behind the pointwise products' sgemm): {blas_kernels()}")
     # Another job on these cores slows both frameworks, and not evenly: re-run when this is not near 0.
     say(f"CPU used by other processes during the run: {disturbance}")
     say()

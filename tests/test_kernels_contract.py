@@ -75,6 +75,11 @@ def kernel_calls():
          (array(n_out, n_pixels), array(n_in, n_pixels), array(n_out, n_in), array(n_out), 1)),
         ("pointwise_residual_forward-in-blocks", pointwise_residual.pointwise_residual_forward,
          (array(n_out, n_pixels), array(n_in, n_pixels), array(n_out, n_in), array(n_out), 2)),
+        # a single pixel: blas.py's passes over the weight's rows instead of sgemm
+        ("pointwise_forward-one-pixel", pointwise.pointwise_forward,
+         (array(n_out, 1), array(n_in, 1), array(n_out, n_in), array(n_out), 1, True)),
+        ("pointwise_residual_forward-one-pixel", pointwise_residual.pointwise_residual_forward,
+         (array(n_out, 1), array(n_in, 1), array(n_out, n_in), array(n_out), 1)),
     ]
     # in place: the output is a view of the input's own buffer, so each call gets one buffer and two views of it
     for stride in (1, 2):
@@ -118,6 +123,8 @@ def kernel_calls():
              (array(n_in, height, width), array(n_in, out_h, out_w), array(n_in, 3, 3)) + conv + (accumulate,)),
             (f"pointwise_backward_input-{accumulate}", pointwise.pointwise_backward_input,
              (array(n_in, n_pixels), array(n_out, n_pixels), array(n_out, n_in), accumulate, 1)),
+            (f"pointwise_backward_input-one-pixel-{accumulate}", pointwise.pointwise_backward_input,
+             (array(n_in, 1), array(n_out, 1), array(n_out, n_in), accumulate, 1)),
             (f"pointwise_backward_input-in-row-blocks-{accumulate}", pointwise.pointwise_backward_input,
              (array(n_in, n_pixels), array(n_out, n_pixels), array(n_out, n_in), accumulate, 2)),
             (f"linear_backward_input-{accumulate}", linear.linear_backward_input,

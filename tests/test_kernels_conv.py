@@ -305,11 +305,11 @@ def jitted_transposed_product(out, a, b, accumulate):
 
 
 @pytest.mark.parametrize("accumulate", [True, False])
-@pytest.mark.parametrize("columns", [slice(3, 80), slice(0, 90, 2), slice(5, 5)])
+@pytest.mark.parametrize("columns", [slice(3, 80), slice(0, 90, 2), slice(5, 5), slice(7, 8)])
 def test_transposed_product_on_views(columns, accumulate):
     # The input gradient's sgemm reads rows a whole row apart: a block of columns of a wider array (rows further apart
-    # than its width) goes through BLAS, columns that are not adjacent through the loop, none at all through neither.
-    # Only the view is written.
+    # than its width) goes through BLAS, columns that are not adjacent through the loop, none at all through neither,
+    # a single column through the pass over the rows. Only the view is written.
     rng = np.random.default_rng(7)
     weight, dout = random_array(rng, 6, 5), random_array(rng, 6, 90)
     dinput = random_array(rng, 5, 90)

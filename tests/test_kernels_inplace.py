@@ -49,7 +49,8 @@ def test_depthwise_in_place_equals_out_of_place(stride, channels, height, width,
 
 
 @pytest.mark.parametrize("blocks", [1, 2, 5])
-@pytest.mark.parametrize("n_out, n_pixels", [(7, 150), (100, 9)])  # blocks of columns, but 2 blocks of 100 rows
+# blocks of columns; 2 blocks of 100 rows; one pixel (blas.py's pass over the weight's rows, adding into the residual)
+@pytest.mark.parametrize("n_out, n_pixels", [(7, 150), (100, 9), (100, 1)])
 def test_pointwise_added_into_the_residual_equals_pointwise_then_add(n_out, n_pixels, blocks):
     rng = np.random.default_rng(n_out)
     x, weight, bias = random_array(rng, 5, n_pixels), random_array(rng, n_out, 5), random_array(rng, n_out)

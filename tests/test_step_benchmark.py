@@ -60,5 +60,7 @@ def test_the_blas_kernels_named_are_the_ones_openblas_runs():
                               capture_output=True, text=True, check=True, env=environment).stdout.strip()
 
     unset = {name: value for name, value in os.environ.items() if name != "OPENBLAS_CORETYPE"}
-    assert reported({**unset, "OPENBLAS_CORETYPE": "Haswell"}) == "Haswell, as OPENBLAS_CORETYPE=Haswell asks"
+    if reported(unset).startswith("unknown"):
+        pytest.skip("SciPy without its bundled OpenBLAS: the kernel set cannot be asked")
+    assert reported({**unset, "OPENBLAS_CORETYPE": "Haswell"}) == "Haswell (OPENBLAS_CORETYPE=Haswell)"
     assert reported(unset).endswith(", chosen for this processor")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import llvmlite.binding as llvm
+import numba
 import scipy
 
 BUSY_CORES_TO_WARN = 0.5  # other processes' cores' worth of CPU above which Numba's default threads contend
@@ -61,12 +62,13 @@ def cpu_model() -> str:
             name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), name)
     except OSError:
         pass
-    return f"{name} (LLVM target {llvm.get_host_cpu_name()})"
+    return f"{name} (LLVM target {numba.config.CPU_NAME or llvm.get_host_cpu_name()})"
 
 
 def blas_kernels() -> str:
     """Which of its kernel sets the OpenBLAS inside SciPy (the sgemm the pointwise kernels call) runs: it picks one for
     the processor unless OPENBLAS_CORETYPE names one, and on a processor with AVX-512 the two can differ in speed."""
+    # the layout of SciPy's manylinux wheels, which carry one OpenBLAS; another build of SciPy reports "unknown"
     libraries = sorted((Path(scipy.__file__).parent.parent / "scipy.libs").glob("libscipy_openblas*.so*"))
     try:
         corename = ctypes.CDLL(str(libraries[0])).scipy_openblas_get_corename
@@ -74,4 +76,4 @@ def blas_kernels() -> str:
         return "unknown (not SciPy's bundled OpenBLAS)"
     corename.restype = ctypes.c_char_p
     forced = os.environ.get("OPENBLAS_CORETYPE")
-    return corename().decode() + (f", as OPENBLAS_CORETYPE={forced} asks" if forced else ", chosen for this processor")
+    return corename().decode() + (f" (OPENBLAS_CORETYPE={forced})" if forced else ", chosen for this processor")
