@@ -8,11 +8,11 @@ from kernel_references import conv_output_size, count_allocations, random_array
 from numba.core.dispatcher import Dispatcher
 
 from tinytrain.data.augment import bilinear_taps
-from tinytrain.kernels import (channel_check, channels, conv2d, depthwise, depthwise_inplace, draw, linear, loss,
-                               pointwise, pointwise_residual, pool, relu6, residual, resize, sgd)
+from tinytrain.kernels import (channel_check, channels, channels_last, conv2d, depthwise, depthwise_inplace, draw,
+                               linear, loss, pointwise, pointwise_residual, pool, relu6, residual, resize, sgd)
 
 MODULES = [conv2d, depthwise, depthwise_inplace, pointwise, pointwise_residual, relu6, residual, pool, linear, loss,
-           channels, channel_check, draw, resize, sgd]
+           channels, channel_check, draw, resize, sgd, channels_last]
 
 
 def kernel_calls():
@@ -80,6 +80,29 @@ def kernel_calls():
          (array(n_out, 1), array(n_in, 1), array(n_out, n_in), array(n_out), 1, True)),
         ("pointwise_residual_forward-one-pixel", pointwise_residual.pointwise_residual_forward,
          (array(n_out, 1), array(n_in, 1), array(n_out, n_in), array(n_out), 1)),
+    ]
+    # a patch tile, channels last: (h, w, C)
+    calls += [
+        ("depthwise_forward_channels_last", channels_last.depthwise_forward_channels_last,
+         (array(out_h, out_w, n_in), array(height, width, n_in), array(3, 3, n_in), array(n_in)) + conv + (False,)),
+        ("depthwise_forward_channels_last-clip", channels_last.depthwise_forward_channels_last,
+         (array(out_h, out_w, n_in), 8 * array(height, width, n_in), array(3, 3, n_in), array(n_in)) + conv
+         + (True,)),
+        ("depthwise_forward_channels_last-5x5", channels_last.depthwise_forward_channels_last,
+         (array(4, 3, n_in), array(height, width, n_in), array(5, 5, n_in), array(n_in), 2, 1, 0, False)),
+        ("conv2d_forward_channels_last-clip", channels_last.conv2d_forward_channels_last,
+         (array(out_h, out_w, n_out), 8 * array(height, width, n_in), array(n_in, 3, 3, n_out), array(n_out)) + conv
+         + (True,)),
+        ("pointwise_forward_channels_last", channels_last.pointwise_forward_channels_last,
+         (array(n_pixels, n_out), array(n_pixels, n_in), array(n_out, n_in), array(n_out), 1, False)),
+        ("pointwise_forward_channels_last-in-blocks-clip", channels_last.pointwise_forward_channels_last,
+         (array(n_pixels, n_out), 8 * array(n_pixels, n_in), array(n_out, n_in), array(n_out), 2, True)),
+        ("normalize_window_channels_last", channels_last.normalize_window_channels_last,
+         (array(height, width, 3), rng.integers(0, 256, (height, width, 3), dtype=np.uint8), array(3), array(3))),
+        ("to_channels_last", channels_last.to_channels_last,
+         (array(height, width, n_in), array(n_in, 2 * height, width)[:, ::2])),
+        ("to_channels_first", channels_last.to_channels_first,
+         (array(n_in, 2 * height, width)[:, 1::2], array(height, width, n_in))),
     ]
     # in place: the output is a view of the input's own buffer, so each call gets one buffer and two views of it
     for stride in (1, 2):

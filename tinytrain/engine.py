@@ -13,6 +13,7 @@ import numpy as np
 from tinytrain.arena import Arena, ArenaOverflow, describe_tensors
 from tinytrain.graph import Graph
 from tinytrain.kernels.channels import gather_channels
+from tinytrain.kernels.channels_last import normalize_window_channels_last, to_channels_last
 from tinytrain.kernels.depthwise_inplace import scratch_shape
 from tinytrain.kernels.image import normalize_image_forward
 from tinytrain.kernels.loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
@@ -20,7 +21,7 @@ from tinytrain.kernels.residual import add_forward
 from tinytrain.kernels.sgd import sgd_update
 from tinytrain.layers import Add, Depthwise, Pointwise, flat_channels
 from tinytrain.oplog import OpLog
-from tinytrain.patches import plan_patch_stage, run_patch_stage
+from tinytrain.patches import channels_last_weights, plan_patch_stage, run_patch_stage
 from tinytrain.placement import plan_placement
 from tinytrain.plan import (GATHER, LAYER_BY_LAYER, RETAIN, MemorySchedule, StepSchedule, UpdatePlan, backward_macs,
                             schedule_step)
@@ -115,6 +116,8 @@ class Engine:
         for spec in memory_schedule.patches:
             first = self.patch_stages[-1].end_layer if self.patch_stages else 0
             self.patch_stages.append(plan_patch_stage(graph, first, spec.end_layer, spec.grid))
+        # the tiles' conv weights channels last (host memory, as the layers' own: not arena)
+        self._tile_weights = [channels_last_weights(stage, graph) for stage in self.patch_stages]
         std = np.asarray(graph.preprocessing.std, dtype=np.float32)
         mean = np.asarray(graph.preprocessing.mean, dtype=np.float32)
         self._pixel_scale = (1.0 / (255.0 * std)).astype(np.float32)  # (3,)
@@ -402,10 +405,10 @@ class Engine:
 
         # each load is bound to its own source: the loop moves on to the next stage's
         load = partial(self._load_frame_window, source) if source.dtype == np.uint8 else partial(_load_window, source)
-        for stage in self.patch_stages:
+        for stage, weights in zip(self.patch_stages, self._tile_weights):
             kind = "saved" if stage.output in schedule.retained_by else "activation"
             out = arena.alloc(stage.output, graph.shapes[stage.output], np.float32, kind)
-            run_patch_stage(stage, graph, arena, source, load, out, self.op_log, self._call)
+            run_patch_stage(stage, graph, arena, source, load, out, weights, self.op_log, self._call)
             arena.free(source)
             source, load = out, partial(_load_window, out)
         return source
@@ -418,9 +421,9 @@ class Engine:
             np.copyto(x, self._image)
 
     def _load_frame_window(self, frame: np.ndarray, tile: np.ndarray, region, call: Callable) -> None:
-        """tile (C, h, w) <- the `region` of the camera frame (H, W, C) uint8, normalised."""
+        """tile (h, w, C) <- the `region` of the camera frame (H, W, C) uint8, normalised."""
         window = frame[region.top:region.bottom, region.left:region.right]
-        call(normalize_image_forward, tile, window, self._pixel_scale, self._pixel_shift)
+        call(normalize_window_channels_last, tile, window, self._pixel_scale, self._pixel_shift)
 
     def _copy_image(self, frame: np.ndarray) -> None:
         np.copyto(frame, self._image)
@@ -727,8 +730,8 @@ class Engine:
 
 
 def _load_window(source: np.ndarray, tile: np.ndarray, region, call: Callable) -> None:
-    """tile (C, h, w) <- the `region` of source (C, H, W)."""
-    call(np.copyto, tile, source[:, region.top:region.bottom, region.left:region.right])
+    """tile (h, w, C) <- the `region` of source (C, H, W)."""
+    call(to_channels_last, tile, source[:, region.top:region.bottom, region.left:region.right])
 
 
 class _Gradients:

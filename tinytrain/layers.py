@@ -9,12 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 from tinytrain.kernels.channels import bias_backward
+from tinytrain.kernels.channels_last import (conv2d_forward_channels_last, depthwise_forward_channels_last,
+                                             pointwise_forward_channels_last)
 from tinytrain.kernels.conv2d import conv2d_backward_input, conv2d_backward_weight, conv2d_forward
 from tinytrain.kernels.depthwise import depthwise_backward_input, depthwise_backward_weight, depthwise_forward
 from tinytrain.kernels.depthwise_inplace import depthwise_backward_input_inplace, depthwise_forward_inplace
 from tinytrain.kernels.linear import linear_backward_input, linear_backward_weight, linear_forward
-from tinytrain.kernels.pointwise import (parallel_blocks, pointwise_backward_input, pointwise_backward_weight,
-                                        pointwise_forward)
+from tinytrain.kernels.pointwise import (ALIGNMENT, parallel_blocks, pointwise_backward_input,
+                                        pointwise_backward_weight, pointwise_forward)
 from tinytrain.kernels.pointwise_residual import pointwise_residual_forward
 from tinytrain.kernels.pool import global_avg_pool_backward, global_avg_pool_forward
 from tinytrain.kernels.relu6 import relu6_backward, relu6_forward
@@ -109,7 +111,7 @@ class WeightedLayer(Layer):
 
 class SpatialConv(WeightedLayer):
     """What a dense and a depthwise k x k convolution share: a stride and a padding (top, left, bottom, right), so
-    an output shape, MACs and a forward that a tile of the input can run with padding of its own origin."""
+    an output shape, MACs, and the forward of a patch tile, channels last, with the padding of its own origin."""
 
     fuses_relu6 = True
 
@@ -130,11 +132,16 @@ class SpatialConv(WeightedLayer):
         return int(self.weight.size) * out_h * out_w
 
     def forward(self, out, x, clip=False, call=call_now):
-        self.forward_padded(out, x, self.padding[0], self.padding[1], clip, call)
+        """`clip`: the ReLU6 clipped in the same kernel."""
+        raise NotImplementedError
 
-    def forward_padded(self, out, x, pad_top, pad_left, clip=False, call=call_now):
-        """The forward with the padding of another origin: a tile of the input has its own (see patches.py).
-        `clip`: the ReLU6 clipped in the same kernel."""
+    def channels_last_weight(self) -> np.ndarray:
+        """A view of the weight in the layout forward_channels_last reads."""
+        raise NotImplementedError
+
+    def forward_channels_last(self, out, x, weight, pad_top, pad_left, clip=False, call=call_now):
+        """The forward of a patch tile: out (h, w, K) from x (H, W, C), with `weight` a copy of channels_last_weight()
+        and the padding of the tile's origin (patches.py)."""
         raise NotImplementedError
 
 
@@ -143,8 +150,14 @@ class Conv2d(SpatialConv):
 
     op_type = "conv2d"
 
-    def forward_padded(self, out, x, pad_top, pad_left, clip=False, call=call_now):
-        call(conv2d_forward, out, x, self.weight, self.bias, self.stride, pad_top, pad_left, clip)
+    def forward(self, out, x, clip=False, call=call_now):
+        call(conv2d_forward, out, x, self.weight, self.bias, self.stride, self.padding[0], self.padding[1], clip)
+
+    def channels_last_weight(self):
+        return self.weight.transpose(1, 2, 3, 0)  # (C, kh, kw, K)
+
+    def forward_channels_last(self, out, x, weight, pad_top, pad_left, clip=False, call=call_now):
+        call(conv2d_forward_channels_last, out, x, weight, self.bias, self.stride, pad_top, pad_left, clip)
 
     def backward_input(self, dx, dout, accumulate, call=call_now):
         call(conv2d_backward_input, dx, dout, self.weight, self.stride, self.padding[0], self.padding[1], accumulate)
@@ -172,8 +185,14 @@ class Depthwise(SpatialConv):
     def dweight_shape(self, n_out, n_in):
         return (n_out,) + self.weight.shape[1:]
 
-    def forward_padded(self, out, x, pad_top, pad_left, clip=False, call=call_now):
-        call(depthwise_forward, out, x, self.weight, self.bias, self.stride, pad_top, pad_left, clip)
+    def forward(self, out, x, clip=False, call=call_now):
+        call(depthwise_forward, out, x, self.weight, self.bias, self.stride, self.padding[0], self.padding[1], clip)
+
+    def channels_last_weight(self):
+        return self.weight.transpose(1, 2, 0)  # (kh, kw, C)
+
+    def forward_channels_last(self, out, x, weight, pad_top, pad_left, clip=False, call=call_now):
+        call(depthwise_forward_channels_last, out, x, weight, self.bias, self.stride, pad_top, pad_left, clip)
 
     def forward_in_place(self, out, x, scratch, clip=False, call=call_now):
         """`out` overwrites `x`'s own bytes; scratch of scratch_shape(x.shape, out.shape)
@@ -215,6 +234,14 @@ class Pointwise(WeightedLayer):
         out, x = flat_channels(out), flat_channels(x)
         call(pointwise_forward, out, x, self.weight, self.bias, parallel_blocks(out.size * x.shape[0], *out.shape),
              clip)
+
+    def forward_channels_last(self, out, x, clip=False, call=call_now):
+        """The forward of a patch tile: out (h, w, K) from x (h, w, C). Its pixels split into blocks for the cores,
+        whole ALIGNMENT groups of them (kernels/pointwise.py)."""
+        out, x = out.reshape(-1, out.shape[-1]), x.reshape(-1, x.shape[-1])  # (P, K), (P, C)
+        n_pixels, n_out = out.shape
+        blocks = min(parallel_blocks(out.size * x.shape[1], n_pixels, n_out), max(1, n_pixels // ALIGNMENT))
+        call(pointwise_forward_channels_last, out, x, self.weight, self.bias, blocks, clip)
 
     def forward_into_residual(self, residual, x, call=call_now):
         """residual += this layer's output."""

@@ -4,9 +4,11 @@ The front stages of MobileNetV2 hold the largest activations (at 128x128, 96 cha
 need no backward when they are frozen, so nothing of them has to exist whole (MCUNetV2, Lin et al. 2021). The
 output of the stage's last layer is split into a grid of tiles. For each tile, the region of every tensor it needs
 is found by walking the layers backward (a k x k conv of stride s widens a region by its halo); the layers then run
-forward on those regions alone. The numerics are the layer-by-layer ones: each output pixel sums the same taps in
-the same order, the padding of the whole image becomes a per-tile offset, and only pixels at the image border read
-zero padding.
+forward on those regions alone, the padding of the whole image becoming a per-tile offset, so that only pixels at
+the image border read zero padding. A tile's tensors are channels last, (h, w, C), and run the kernels of
+kernels/channels_last.py, which stay fast on a few pixels; a tile's output is written into the stage's whole output
+channels first. The numerics are the layer-by-layer ones: each output pixel of a conv sums the same taps in the
+same order, and a pointwise conv's sums differ only by sgemm's rounding in the other layout.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinytrain.graph import Graph
+from tinytrain.kernels.channels_last import to_channels_first
 from tinytrain.layers import Add, Pointwise, SpatialConv, call_now
 from tinytrain.oplog import OpLog
 
@@ -180,21 +183,31 @@ def _plan_tile(graph: Graph, layers, source: str, output_region: Region) -> Tile
     return Tile(output_region, need[source], tuple(tile_layers), macs)
 
 
+def channels_last_weights(stage: PatchStage, graph: Graph) -> dict[str, np.ndarray]:
+    """Host buffers for the weights of the stage's convs channels last (run_patch_stage copies them in)."""
+    return {layer.name: np.empty(layer.channels_last_weight().shape, np.float32)
+            for layer in graph.layers[stage.first_layer:stage.end_layer] if isinstance(layer, SpatialConv)}
+
+
 def run_patch_stage(stage: PatchStage, graph: Graph, arena, source: np.ndarray, load_source, output: np.ndarray,
-                    op_log: OpLog | None = None, call=call_now) -> None:
-    """Fill `output` (the stage's last tensor, whole) tile by tile; every tile buffer lives in `arena`.
+                    weights: dict[str, np.ndarray], op_log: OpLog | None = None, call=call_now) -> None:
+    """Fill `output` (the stage's last tensor, whole, channels first) tile by tile; every tile buffer lives in
+    `arena`, channels last.
 
     `load_source(tile_source, region, call)` writes the `region` of `source` (the stage's source tensor, or the
-    camera frame it is normalised from) into the (C, h, w) view `tile_source`, through `call`. `op_log` records
-    each op of each tile.
+    camera frame it is normalised from) into the (h, w, C) view `tile_source`, through `call`. `weights`
+    (channels_last_weights) receive the convs' weights channels last first: the layers' own may have changed since
+    the last step. `op_log` records each op of each tile.
     `call(kernel, *arguments)` runs each kernel (the engine's also records it, see recorded_step.py).
     """
+    for name, weight in weights.items():
+        call(np.copyto, weight, graph.layer(name).channels_last_weight())
     channels = graph.shapes[stage.source][0]
     for number, tile in enumerate(stage.tiles):
         suffix = f" tile {number}"
         region = tile.input_region
         start = op_log.start() if op_log else 0
-        live = {stage.source: arena.alloc(f"{stage.source}.tile", (channels, region.height, region.width),
+        live = {stage.source: arena.alloc(f"{stage.source}.tile", (region.height, region.width, channels),
                                           np.float32, "activation")}
         load_source(live[stage.source], region, call)
         if op_log:
@@ -203,19 +216,20 @@ def run_patch_stage(stage: PatchStage, graph: Graph, arena, source: np.ndarray, 
             layer = graph.layers[step.layer_index]
             inputs = [live[name] for name in layer.inputs]
             start = op_log.start() if op_log else 0
-            out = arena.alloc(f"{layer.output}.tile", (graph.shapes[layer.output][0], step.region.height,
-                                                       step.region.width), np.float32, "activation")
+            out = arena.alloc(f"{layer.output}.tile", (step.region.height, step.region.width,
+                                                       graph.shapes[layer.output][0]), np.float32, "activation")
             if isinstance(layer, SpatialConv):  # tiles keep no ReLU6 mask: the convs clip in their own kernels
-                layer.forward_padded(out, inputs[0], step.pad_top, step.pad_left, layer.relu6, call=call)
+                layer.forward_channels_last(out, inputs[0], weights[layer.name], step.pad_top, step.pad_left,
+                                            layer.relu6, call=call)
             elif isinstance(layer, Pointwise):
-                layer.forward(out, inputs[0], layer.relu6, call=call)
+                layer.forward_channels_last(out, inputs[0], layer.relu6, call=call)
             else:
                 (row_a, column_a), (row_b, column_b) = step.input_offsets
                 height, width = step.region.height, step.region.width
-                call(np.add, inputs[0][:, row_a:row_a + height, column_a:column_a + width],
-                     inputs[1][:, row_b:row_b + height, column_b:column_b + width], out)
+                call(np.add, inputs[0][row_a:row_a + height, column_a:column_a + width],
+                     inputs[1][row_b:row_b + height, column_b:column_b + width], out)
             if op_log:
-                macs = int(layer.weight.size) * out.shape[1] * out.shape[2] if layer.has_weight else 0
+                macs = int(layer.weight.size) * out.shape[0] * out.shape[1] if layer.has_weight else 0
                 op_log.record(start, f"fwd {layer.name}{suffix}", layer.op_type, layer.name, op_log.ids(*inputs),
                               macs)
             live[layer.output] = out
@@ -225,8 +239,8 @@ def run_patch_stage(stage: PatchStage, graph: Graph, arena, source: np.ndarray, 
         owned = tile.output_region
         tile_out = live.pop(stage.output)
         start = op_log.start() if op_log else 0
-        call(np.copyto, output[:, owned.top:owned.bottom, owned.left:owned.right],
-             tile_out[:, owned.top - last.top:owned.bottom - last.top, owned.left - last.left:owned.right - last.left])
+        call(to_channels_first, output[:, owned.top:owned.bottom, owned.left:owned.right],
+             tile_out[owned.top - last.top:owned.bottom - last.top, owned.left - last.left:owned.right - last.left])
         if op_log:
             op_log.record(start, f"fwd {stage.output}{suffix}", "copy", "", op_log.ids(tile_out),
                           written=op_log.ids(output))

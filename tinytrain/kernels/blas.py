@@ -162,6 +162,44 @@ def column_product(out, a, b, accumulate):
         out[row, 0] = out[row, 0] + total if accumulate else total
 
 
+def product_transposed(out, a, b):
+    """out (M, N) = a @ b.T, a (M, K), b (N, K). Plain Python: NumPy (it allocates; the jitted kernels do not)."""
+    out[...] = a @ b.T
+
+
+@register_jitable
+def product_transposed_loop(out, a, b):
+    """The same product as a loop: each output a dot product of two contiguous rows."""
+    for row in range(out.shape[0]):
+        for column in range(out.shape[1]):
+            total = np.float32(0.0)
+            for inner in range(a.shape[1]):
+                total += a[row, inner] * b[column, inner]
+            out[row, column] = total
+
+
+@overload(product_transposed)
+def _product_transposed_jitted(out, a, b):
+    if not all(isinstance(array, types.Array) and array.dtype == types.float32 and array.ndim == 2
+               for array in (out, a, b)):
+        return product_transposed_loop
+
+    def blas_or_loop(out, a, b):
+        if out.size == 0:
+            return
+        itemsize = 4
+        if a.shape[1] == 0 or not (is_row_major(out, itemsize) and is_row_major(a, itemsize)
+                                   and is_row_major(b, itemsize)):
+            product_transposed_loop(out, a, b)
+            return
+        # Row-major out = a @ b.T is column-major out.T = b @ a.T: b read column-major is b.T, transposed back by
+        # 'T'; a read column-major is a.T, as it is.
+        _sgemm(TRANSPOSE, NO_TRANSPOSE, out.shape[1], out.shape[0], a.shape[1], b, b.strides[0] // itemsize, a,
+               a.strides[0] // itemsize, np.float32(0.0), out, out.strides[0] // itemsize)
+
+    return blas_or_loop
+
+
 @overload(product)
 def _product_jitted(out, a, b, accumulate):
     if not all(isinstance(array, types.Array) and array.dtype == types.float32 and array.ndim == 2
