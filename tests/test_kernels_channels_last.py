@@ -7,11 +7,9 @@ import torch
 from kernel_references import conv_output_size, random_array, torch_conv2d, unwritten
 
 from tinytrain.kernels.channels_last import (conv2d_forward_channels_last, depthwise_forward_channels_last,
-                                             normalize_window_channels_last, pointwise_forward_channels_last,
-                                             to_channels_first, to_channels_last)
+                                             pointwise_forward_channels_last)
 from tinytrain.kernels.conv2d import conv2d_forward
 from tinytrain.kernels.depthwise import depthwise_forward
-from tinytrain.kernels.image import normalize_image_forward
 from tinytrain.kernels.pointwise import pointwise_forward
 
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # float32 against a float64 reference, as in test_kernels_conv.py
@@ -83,22 +81,3 @@ def test_tile_pointwise_matches_torch_and_the_channels_first_kernel(n_pixels, n_
     np.testing.assert_allclose(last, expected, **TOLERANCE)
     np.testing.assert_allclose(last.T, first, rtol=1e-5, atol=1e-5)
 
-
-def test_layout_copies_and_the_frame_window_round_trip():
-    rng = np.random.default_rng(7)
-    whole = random_array(rng, 6, 10, 12)
-    window = whole[:, 2:7, 3:11]  # a tile's region of a channels-first tensor
-    tile = unwritten(5, 8, 6)
-    to_channels_last(tile, window)
-    np.testing.assert_array_equal(tile, np.moveaxis(window, 0, -1))
-    back = unwritten(6, 10, 12)
-    to_channels_first(back[:, 2:7, 3:11], tile)
-    np.testing.assert_array_equal(back[:, 2:7, 3:11], window)
-    assert np.isnan(back[:, :2]).all() and np.isnan(back[:, 7:]).all()  # nothing outside the region written
-
-    frame = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
-    scale, shift = np.float32([0.1, 0.2, 0.3]), np.float32([-1.0, 0.5, 2.0])
-    normalized, reference = unwritten(4, 5, 3), unwritten(3, 4, 5)
-    normalize_window_channels_last(normalized, frame[2:6, 1:6], scale, shift)
-    normalize_image_forward(reference, frame[2:6, 1:6], scale, shift)
-    np.testing.assert_array_equal(normalized, np.moveaxis(reference, 0, -1))

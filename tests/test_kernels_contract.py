@@ -9,10 +9,10 @@ from numba.core.dispatcher import Dispatcher
 
 from tinytrain.data.augment import bilinear_taps
 from tinytrain.kernels import (channel_check, channels, channels_last, conv2d, depthwise, depthwise_inplace, draw,
-                               linear, loss, pointwise, pointwise_residual, pool, relu6, residual, resize, sgd)
+                               image, linear, loss, pointwise, pointwise_residual, pool, relu6, residual, resize, sgd)
 
 MODULES = [conv2d, depthwise, depthwise_inplace, pointwise, pointwise_residual, relu6, residual, pool, linear, loss,
-           channels, channel_check, draw, resize, sgd, channels_last]
+           channels, channel_check, draw, resize, sgd, channels_last, image]
 
 
 def kernel_calls():
@@ -97,12 +97,11 @@ def kernel_calls():
          (array(n_pixels, n_out), array(n_pixels, n_in), array(n_out, n_in), array(n_out), 1, False)),
         ("pointwise_forward_channels_last-in-blocks-clip", channels_last.pointwise_forward_channels_last,
          (array(n_pixels, n_out), 8 * array(n_pixels, n_in), array(n_out, n_in), array(n_out), 2, True)),
-        ("normalize_window_channels_last", channels_last.normalize_window_channels_last,
-         (array(height, width, 3), rng.integers(0, 256, (height, width, 3), dtype=np.uint8), array(3), array(3))),
-        ("to_channels_last", channels_last.to_channels_last,
-         (array(height, width, n_in), array(n_in, 2 * height, width)[:, ::2])),
-        ("to_channels_first", channels_last.to_channels_first,
-         (array(n_in, 2 * height, width)[:, 1::2], array(height, width, n_in))),
+        ("normalize_image_forward", image.normalize_image_forward,
+         (array(3, height, width), rng.integers(0, 256, (height, width, 3), dtype=np.uint8), array(3), array(3))),
+        ("normalize_image_forward-into-a-channels-last-tile", image.normalize_image_forward,
+         (array(height, width, 3).transpose(2, 0, 1), rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+          array(3), array(3))),
     ]
     # in place: the output is a view of the input's own buffer, so each call gets one buffer and two views of it
     for stride in (1, 2):

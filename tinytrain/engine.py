@@ -13,7 +13,6 @@ import numpy as np
 from tinytrain.arena import Arena, ArenaOverflow, describe_tensors
 from tinytrain.graph import Graph
 from tinytrain.kernels.channels import gather_channels
-from tinytrain.kernels.channels_last import normalize_window_channels_last, to_channels_last
 from tinytrain.kernels.depthwise_inplace import scratch_shape
 from tinytrain.kernels.image import normalize_image_forward
 from tinytrain.kernels.loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
@@ -423,7 +422,7 @@ class Engine:
     def _load_frame_window(self, frame: np.ndarray, tile: np.ndarray, region, call: Callable) -> None:
         """tile (h, w, C) <- the `region` of the camera frame (H, W, C) uint8, normalised."""
         window = frame[region.top:region.bottom, region.left:region.right]
-        call(normalize_window_channels_last, tile, window, self._pixel_scale, self._pixel_shift)
+        call(normalize_image_forward, tile.transpose(2, 0, 1), window, self._pixel_scale, self._pixel_shift)
 
     def _copy_image(self, frame: np.ndarray) -> None:
         np.copyto(frame, self._image)
@@ -731,7 +730,7 @@ class Engine:
 
 def _load_window(source: np.ndarray, tile: np.ndarray, region, call: Callable) -> None:
     """tile (h, w, C) <- the `region` of source (C, H, W)."""
-    call(to_channels_last, tile, source[:, region.top:region.bottom, region.left:region.right])
+    call(np.copyto, tile.transpose(2, 0, 1), source[:, region.top:region.bottom, region.left:region.right])
 
 
 class _Gradients:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinytrain.graph import Graph
-from tinytrain.kernels.channels_last import to_channels_first
 from tinytrain.layers import Add, Pointwise, SpatialConv, call_now
 from tinytrain.oplog import OpLog
 
@@ -239,8 +238,9 @@ def run_patch_stage(stage: PatchStage, graph: Graph, arena, source: np.ndarray, 
         owned = tile.output_region
         tile_out = live.pop(stage.output)
         start = op_log.start() if op_log else 0
-        call(to_channels_first, output[:, owned.top:owned.bottom, owned.left:owned.right],
-             tile_out[owned.top - last.top:owned.bottom - last.top, owned.left - last.left:owned.right - last.left])
+        call(np.copyto, output[:, owned.top:owned.bottom, owned.left:owned.right],
+             tile_out[owned.top - last.top:owned.bottom - last.top,
+                      owned.left - last.left:owned.right - last.left].transpose(2, 0, 1))
         if op_log:
             op_log.record(start, f"fwd {stage.output}{suffix}", "copy", "", op_log.ids(tile_out),
                           written=op_log.ids(output))

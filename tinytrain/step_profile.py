@@ -13,8 +13,7 @@ import numpy as np
 from tinytrain.engine import SGD, Engine
 from tinytrain.kernels.channels import bias_backward, gather_channels
 from tinytrain.kernels.channels_last import (conv2d_forward_channels_last, depthwise_forward_channels_last,
-                                             normalize_window_channels_last, pointwise_forward_channels_last,
-                                             to_channels_first, to_channels_last)
+                                             pointwise_forward_channels_last)
 from tinytrain.kernels.conv2d import conv2d_backward_input, conv2d_backward_weight, conv2d_forward
 from tinytrain.kernels.depthwise import depthwise_backward_input, depthwise_backward_weight, depthwise_forward
 from tinytrain.kernels.depthwise_inplace import depthwise_backward_input_inplace, depthwise_forward_inplace
@@ -40,8 +39,6 @@ _OPS = {
     Engine._copy_image: ("forward", "input frame copy"),
     conv2d_forward_channels_last: ("forward", "Conv2d"), depthwise_forward_channels_last: ("forward", "Depthwise"),
     pointwise_forward_channels_last: ("forward", "Pointwise"),
-    normalize_window_channels_last: ("forward", "input normalisation"),
-    to_channels_last: ("forward", "tile layout copies"), to_channels_first: ("forward", "tile layout copies"),
     Engine._loss_forward: ("loss", "softmax cross-entropy"), Engine._loss_backward: ("loss", "softmax cross-entropy"),
     relu6_backward: ("backward", "ReLU6"), conv2d_backward_input: ("backward", "Conv2d dinput"),
     conv2d_backward_weight: ("backward", "Conv2d dweight"), depthwise_backward_input: ("backward", "Depthwise dinput"),

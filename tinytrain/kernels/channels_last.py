@@ -134,39 +134,3 @@ def _pointwise_forward_channels_last(out, input, weight, bias, blocks, clip):
 
 pointwise_forward_channels_last = njit(cache=True, parallel=True)(_pointwise_forward_channels_last)
 
-
-def _normalize_window_channels_last(out, window, scale, shift):
-    """out (h, w, 3) = window (h, w, 3) * scale[c] + shift[c]: a uint8 window of the camera frame, normalised."""
-    height, width, channels = window.shape
-    for y in range(height):
-        for x in range(width):
-            for c in range(channels):
-                out[y, x, c] = window[y, x, c] * scale[c] + shift[c]
-
-
-normalize_window_channels_last = njit(cache=True)(_normalize_window_channels_last)
-
-
-def _to_channels_last(out, source):
-    """out (h, w, C) = source (C, h, w), a window of a whole channels-first tensor."""
-    n_channels, height, width = source.shape
-    for y in range(height):
-        for x in range(width):
-            for c in range(n_channels):
-                out[y, x, c] = source[c, y, x]
-
-
-to_channels_last = njit(cache=True)(_to_channels_last)
-
-
-def _to_channels_first(out, source):
-    """out (C, h, w) = source (h, w, C): a tile's part of the stage's output, written into the whole tensor."""
-    height, width, n_channels = source.shape
-    for c in range(n_channels):
-        for y in range(height):
-            for x in range(width):
-                out[c, y, x] = source[y, x, c]
-
-
-to_channels_first = njit(cache=True)(_to_channels_first)
-
