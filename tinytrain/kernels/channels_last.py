@@ -93,20 +93,17 @@ def _conv2d_forward_channels_last(out, input, weight, bias, stride, pad_top, pad
                                         + weight[c, 1, 1, k] * x11 + weight[c, 1, 2, k] * x12
                                         + weight[c, 2, 0, k] * x20 + weight[c, 2, 1, k] * x21
                                         + weight[c, 2, 2, k] * x22)
-                if clip:
-                    for k in range(n_out):
-                        out[y, x, k] = min(max(out[y, x, k], ZERO), SIX)
-                continue
-            for c in range(n_in):
-                for ky in range(kernel_h):
-                    row = top + ky
-                    if 0 <= row < in_h:
-                        for kx in range(kernel_w):
-                            column = left + kx
-                            if 0 <= column < in_w:
-                                value = input[row, column, c]
-                                for k in range(n_out):
-                                    out[y, x, k] += weight[c, ky, kx, k] * value
+            else:
+                for c in range(n_in):
+                    for ky in range(kernel_h):
+                        row = top + ky
+                        if 0 <= row < in_h:
+                            for kx in range(kernel_w):
+                                column = left + kx
+                                if 0 <= column < in_w:
+                                    value = input[row, column, c]
+                                    for k in range(n_out):
+                                        out[y, x, k] += weight[c, ky, kx, k] * value
             if clip:
                 for k in range(n_out):
                     out[y, x, k] = min(max(out[y, x, k], ZERO), SIX)
