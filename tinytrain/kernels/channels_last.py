@@ -12,10 +12,17 @@ outside the input (the whole image's zero padding, shifted to the tile) are skip
 """
 
 from numba import njit, prange
+from numba.extending import register_jitable
 
 from tinytrain.kernels.blas import product_transposed
 from tinytrain.kernels.pointwise import block_span
 from tinytrain.kernels.relu6 import SIX, ZERO
+
+
+@register_jitable
+def taps_inside(origin, size, kernel):
+    """[first, last) of the taps k whose input index origin + k lies in [0, size): the others read zero padding."""
+    return max(0, -origin), max(0, min(kernel, size - origin))
 
 
 def _depthwise_forward_channels_last(out, input, weight, bias, stride, pad_top, pad_left, clip):
@@ -46,14 +53,12 @@ def _depthwise_forward_channels_last(out, input, weight, bias, stride, pad_top, 
             else:
                 for c in range(n_channels):
                     out[y, x, c] = bias[c]
-                for ky in range(kernel_h):
-                    row = top + ky
-                    if 0 <= row < in_h:
-                        for kx in range(kernel_w):
-                            column = left + kx
-                            if 0 <= column < in_w:
-                                for c in range(n_channels):
-                                    out[y, x, c] += weight[ky, kx, c] * input[row, column, c]
+                ky_first, ky_last = taps_inside(top, in_h, kernel_h)
+                kx_first, kx_last = taps_inside(left, in_w, kernel_w)
+                for ky in range(ky_first, ky_last):
+                    for kx in range(kx_first, kx_last):
+                        for c in range(n_channels):
+                            out[y, x, c] += weight[ky, kx, c] * input[top + ky, left + kx, c]
             if clip:
                 for c in range(n_channels):
                     out[y, x, c] = min(max(out[y, x, c], ZERO), SIX)
@@ -94,16 +99,14 @@ def _conv2d_forward_channels_last(out, input, weight, bias, stride, pad_top, pad
                                         + weight[c, 2, 0, k] * x20 + weight[c, 2, 1, k] * x21
                                         + weight[c, 2, 2, k] * x22)
             else:
+                ky_first, ky_last = taps_inside(top, in_h, kernel_h)
+                kx_first, kx_last = taps_inside(left, in_w, kernel_w)
                 for c in range(n_in):
-                    for ky in range(kernel_h):
-                        row = top + ky
-                        if 0 <= row < in_h:
-                            for kx in range(kernel_w):
-                                column = left + kx
-                                if 0 <= column < in_w:
-                                    value = input[row, column, c]
-                                    for k in range(n_out):
-                                        out[y, x, k] += weight[c, ky, kx, k] * value
+                    for ky in range(ky_first, ky_last):
+                        for kx in range(kx_first, kx_last):
+                            value = input[top + ky, left + kx, c]
+                            for k in range(n_out):
+                                out[y, x, k] += weight[c, ky, kx, k] * value
             if clip:
                 for k in range(n_out):
                     out[y, x, k] = min(max(out[y, x, k], ZERO), SIX)

@@ -27,8 +27,7 @@ def parallel_blocks(macs: int, rows: int, columns: int) -> int:
     """How many blocks a product of `macs` multiply-adds into a (rows, columns) output runs in: one per core of the
     machine if it is large enough and one of its sides has that many ALIGNMENT-sized groups, else 1. A single column
     (one pixel) is one pass over the weight's rows (blas.py), and in blocks the input gradient's pass would read a
-    block of the weight's columns, a view Numba cannot prove contiguous, so it would not vectorise (a 320x1280 weight:
-    49 us in one block, 180 us in two on one thread)."""
+    block of the weight's columns, a view Numba cannot prove contiguous, so it would not vectorise."""
     if macs < PARALLEL_MACS or columns == 1:
         return 1
     return max(1, min(numba.config.NUMBA_DEFAULT_NUM_THREADS, max(rows, columns) // ALIGNMENT))
