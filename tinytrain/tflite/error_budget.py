@@ -8,7 +8,6 @@ quantization itself, not of a runtime's integer arithmetic; the real runtimes' a
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -16,10 +15,11 @@ import numpy as np
 from tqdm import tqdm
 
 from tinytrain.graph import Graph
-from tinytrain.layers import Pointwise, SpatialConv
+from tinytrain.layers import WeightedLayer
 
+from .emulation import round_to_grid, rounded_layer, run_layer
 from .flatbuffer import Quantization
-from .quantization import Calibration, activation_quantizations, dequantize, quantize, quantize_layer
+from .quantization import Calibration, activation_quantizations
 
 
 @dataclass(frozen=True)
@@ -49,14 +49,10 @@ class ErrorBudget:
 
 def rounded_weights_graph(graph: Graph, calibration: Calibration) -> Graph:
     """A copy of `graph` whose weights and biases are the export's int8 and int32 ones, dequantized."""
-    rounded = copy.deepcopy(graph)
-    quantizations = activation_quantizations(graph, calibration)
-    for layer in rounded.weighted_layers:
-        quantized = quantize_layer(layer, quantizations[layer.inputs[0]], calibration)
-        scale = quantized.weight_scale.reshape((-1,) + (1,) * (layer.weight.ndim - 1))
-        layer.weight = np.ascontiguousarray(quantized.weight.astype(np.float32) * scale)
-        layer.bias = (quantized.bias.astype(np.float64) * quantized.bias_scale).astype(np.float32)
-    return rounded
+    grids = activation_quantizations(graph, calibration)
+    layers = [rounded_layer(layer, grids[layer.inputs[0]], calibration) if isinstance(layer, WeightedLayer) else layer
+              for layer in graph.layers]
+    return Graph(layers, graph.input_name, graph.input_shape, graph.preprocessing, graph.blocks)
 
 
 def measure_error_budget(graph: Graph, calibration: Calibration, images: Iterable[np.ndarray], count: int,
@@ -76,7 +72,7 @@ def measure_error_budget(graph: Graph, calibration: Calibration, images: Iterabl
         for start, name in enumerate((graph.input_name,) + tuple(layer.output for layer in graph.layers)):
             # the layers up to its writer are not rerun: what the rest reads of theirs is taken as computed
             known = {source: tensors[source] for source in _read_from(graph, start)}
-            known[name] = _round(tensors[name], grids[name])
+            known[name] = round_to_grid(tensors[name], grids[name])
             alone[name].append(_forward(graph, known, start, {})[graph.output_name])
     reference = np.stack(reference)  # (images, classes)
     by_tensor = [TensorRounding(name, graph.shapes[name], float(grids[name].scale[0]),
@@ -98,22 +94,11 @@ def _forward(graph: Graph, tensors: dict[str, np.ndarray], start: int,
     rounded to its grid as it is written (the input too, when `start` is 0)."""
     tensors = dict(tensors)
     if start == 0 and graph.input_name in grids:
-        tensors[graph.input_name] = _round(tensors[graph.input_name], grids[graph.input_name])
+        tensors[graph.input_name] = round_to_grid(tensors[graph.input_name], grids[graph.input_name])
     for layer in graph.layers[start:]:
-        out = np.empty(graph.shapes[layer.output], np.float32)
-        inputs = [tensors[name] for name in layer.inputs]
-        if isinstance(layer, (SpatialConv, Pointwise)):
-            layer.forward(out, inputs[0], clip=layer.relu6)
-        else:
-            layer.forward(out, *inputs)
-            if layer.relu6:
-                np.clip(out, 0.0, 6.0, out=out)
-        tensors[layer.output] = _round(out, grids[layer.output]) if layer.output in grids else out
+        out = run_layer(graph, layer, [tensors[name] for name in layer.inputs])
+        tensors[layer.output] = round_to_grid(out, grids[layer.output]) if layer.output in grids else out
     return tensors
-
-
-def _round(x: np.ndarray, grid: Quantization) -> np.ndarray:
-    return dequantize(quantize(x, grid), grid)
 
 
 def _compare(logits: np.ndarray, reference: np.ndarray) -> Rounding:

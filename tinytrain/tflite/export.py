@@ -13,6 +13,7 @@ from .convert import graph_to_tflite
 from .flatbuffer import Quantization, serialize
 from .equalization import equalize
 from .quantization import Calibration, calibrate, channel_ranges
+from .reconstruction import fit_to_int8_inputs
 
 DEFAULT_CALIBRATION_IMAGES = 500
 
@@ -35,7 +36,8 @@ def export_tflite(graph: Graph, output: str | Path, calibration: Augmenter | Non
                   progress: bool = True) -> ExportSummary:
     """Write `graph` to `output`: float32, or int8 when `calibration` yields the images (uint8 (H, W, C) at the
     graph's resolution) that set its activation ranges. The int8 model is of the graph with its linear bottlenecks
-    equalized (equalization.py): the same float function, whose channels share one scale better."""
+    equalized (equalization.py): the same float function, whose channels share one scale better; its first layers'
+    weights are fitted to the inputs the int8 model gives them (reconstruction.py)."""
     quantization = None
     if calibration is not None:
         graph, quantization = prepare_int8(graph, calibration, progress)
@@ -54,13 +56,14 @@ def export_tflite(graph: Graph, output: str | Path, calibration: Augmenter | Non
 
 
 def prepare_int8(graph: Graph, calibration: Augmenter, progress: bool = True) -> tuple[Graph, Calibration]:
-    """The graph an int8 export quantizes (its linear bottlenecks equalized) and its calibration, over the images
-    `calibration` yields."""
+    """The graph an int8 export quantizes (its linear bottlenecks equalized) and its calibration over the images
+    `calibration` yields: activation ranges, and the first layers' weights fitted to the int8 model's inputs."""
     def images():
         return (image for image, _ in calibration.epoch(0))
 
     graph = equalize(graph, channel_ranges(graph, images(), len(calibration), progress))
-    return graph, calibrate(graph, images(), len(calibration), progress)
+    ranges = calibrate(graph, images(), len(calibration), progress)
+    return graph, fit_to_int8_inputs(graph, ranges, images, len(calibration), progress)
 
 
 def describe_export(summary: ExportSummary, class_names: tuple[str, ...]) -> str:

@@ -9,7 +9,7 @@ quantization error over the values seen (clipping the outliers), searched on a h
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
@@ -47,6 +47,9 @@ class Calibration:
     ranges: dict[str, Range]  # tensor -> the interval it is quantized over
     means: dict[str, np.ndarray]  # tensor -> its mean over the images, (C, H, W) or (C,), for bias correction
     moments: dict[str, np.ndarray]  # weighted layer -> its inputs' second moment (rounding.SecondMoment)
+    # weighted layer -> the float (weight, bias) its int8 ones are rounded from, where not the layer's own
+    # (reconstruction.py)
+    fitted: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def calibrate(graph: Graph, images: Iterable[np.ndarray], count: int, progress: bool = True) -> Calibration:
@@ -144,8 +147,10 @@ class QuantizedLayer:
 
 
 def quantize_layer(layer: WeightedLayer, input_quantization: Quantization, calibration: Calibration) -> QuantizedLayer:
-    """The int8 weight and int32 bias of `layer` (quantize_weight_and_bias) whose input is quantized as given."""
-    return quantize_weight_and_bias(layer.weight, layer.bias, float(input_quantization.scale[0]),
+    """The int8 weight and int32 bias of `layer` (quantize_weight_and_bias) whose input is quantized as given,
+    rounded from its fitted weight and bias where the calibration has them."""
+    weight, bias = calibration.fitted.get(layer.name, (layer.weight, layer.bias))
+    return quantize_weight_and_bias(weight, bias, float(input_quantization.scale[0]),
                                     tap_means(layer, calibration.means[layer.inputs[0]]),
                                     calibration.moments[layer.name], isinstance(layer, Depthwise))
 
