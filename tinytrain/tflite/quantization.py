@@ -45,10 +45,11 @@ class Range:
 @dataclass(frozen=True)
 class Calibration:
     ranges: dict[str, Range]  # tensor -> the interval it is quantized over
+    # Means and moments are of the float model's tensors, but where a fitted layer reads them: there they are of the
+    # int8 model's, which its rounding and bias correction must see (reconstruction.py).
     means: dict[str, np.ndarray]  # tensor -> its mean over the images, (C, H, W) or (C,), for bias correction
     moments: dict[str, np.ndarray]  # weighted layer -> its inputs' second moment (rounding.SecondMoment)
     # weighted layer -> the float (weight, bias) its int8 ones are rounded from, where not the layer's own
-    # (reconstruction.py)
     fitted: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
