@@ -21,7 +21,8 @@ def parse_args(argv):
                     "the TFLite int8 spec defines it (weights int8 per output channel, activations int8 per tensor, "
                     "biases int32), with activation ranges calibrated by running the float model in the arena on "
                     "--calibration-images training images of the run's own data (its --dataset folder, else "
-                    "CIFAR-10). The input is the preprocessed image, (pixel / "
+                    "CIFAR-10); on the same images, the first layers' weights are fitted to the inputs the int8 "
+                    "model gives them (more images fit more layers). The input is the preprocessed image, (pixel / "
                     "255 - mean) / std at the checkpoint's resolution, NHWC; an int8 model takes it as round(x / "
                     "scale) + zero_point, with the input scale and zero point the script prints. The output is the "
                     "logits. The file is written atomically. Needs the optional packages: pip install "
@@ -31,7 +32,8 @@ def parse_args(argv):
     parser.add_argument("--int8", action="store_true", help="full-integer int8 instead of float32")
     parser.add_argument("--calibration-images", type=int, default=None,
                         help=f"--int8: training images (a seeded random subset) whose activation ranges set the "
-                             f"quantization (default {DEFAULT_CALIBRATION_IMAGES})")
+                             f"quantization and on which the first layers are fitted (default "
+                             f"{DEFAULT_CALIBRATION_IMAGES})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration subset (default 0)")
     parser.add_argument("--data-dir", help="folder holding CIFAR-10, for --int8 of a CIFAR-10 run (default: "
                                            "$TINYTRAIN_DATA, then the user cache)")

@@ -17,15 +17,12 @@ RESOLUTION = 64
 IMAGES = 32
 
 
-def pixels(count, seed):
-    return np.random.default_rng(seed).integers(0, 256, (count, RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
-
-
 @pytest.fixture(scope="module")
 def prepared():
-    graph = build_mobilenetv2(num_classes=4, resolution=RESOLUTION, seed=1)
-    images = pixels(IMAGES, seed=2)
-    graph, calibration = prepare_int8(graph, Augmenter(images, np.zeros(IMAGES, np.uint8), RESOLUTION, shuffle=False),
+    """A random model calibrated on random images: (the graph it quantizes, its calibration, the images)."""
+    images = np.random.default_rng(2).integers(0, 256, (IMAGES, RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
+    graph, calibration = prepare_int8(build_mobilenetv2(num_classes=4, resolution=RESOLUTION, seed=1),
+                                      Augmenter(images, np.zeros(IMAGES, np.uint8), RESOLUTION, shuffle=False),
                                       progress=False)
     return graph, calibration, images
 

@@ -8,16 +8,17 @@ outputs W x + b in the least-squares sense are
 
     W' = W + W (C_xq - C_qq) (C_qq + damping)^-1,    b' = b + W mean(x) - W' mean(q)
 
-(C_xq and C_qq the covariances of the columns each weight multiplies, damped towards W'= W where C_qq is nearly
+(C_xq and C_qq the covariances of the columns each weight multiplies, damped towards W' = W where C_qq is nearly
 singular). Layers are fitted in execution order, so each one's q is the int8 model's as fitted and rounded so far,
 emulated in float (emulation.py); GPTQ then rounds W' against q's second moment and the bias correction takes q's
 mean (quantization.py): the model the export writes is the one the fit saw.
 
 A fit estimates each output channel's weights from the calibration samples (images x output positions). Only a
-layer with at least SAMPLES_PER_COLUMN samples per weight column is fitted: the convolutions of the first blocks,
-with thousands of positions per image and few input channels, which is where the rounding noise is amplified. The
-late layers, with 16 to 64 positions and hundreds of channels, keep their float weights: a fit there would follow
-the calibration images' own noise.
+layer with at least SAMPLES_PER_COLUMN samples per weight column is fitted. For MobileNetV2 at 128x128 with 500
+calibration images that is 23 of its 53 weighted layers: every layer of blocks 0 to 3, then the expansions down to
+16x16 and the depthwise convolutions down to 8x8, where the rounding noise is amplified. The other pointwise layers,
+with few positions and hundreds of input channels, keep their float weights: a fit there would follow the
+calibration images' own noise.
 """
 
 from __future__ import annotations
