@@ -65,7 +65,8 @@ def calibrate(graph: Graph, images: Iterable[np.ndarray], count: int, progress: 
         for name, tensor in tensors.items():
             values = tensor.reshape(-1)
             stride = max(1, values.size // SAMPLES_PER_IMAGE)
-            samples.setdefault(name, []).extend([values[::stride], np.array([values.min(), values.max()])])
+            # a copy: a strided view would keep the image's whole tensor alive until the ranges are searched
+            samples.setdefault(name, []).extend([values[::stride].copy(), np.array([values.min(), values.max()])])
             sums[name] = sums.get(name, 0.0) + tensor.astype(np.float64)
     return Calibration({name: least_squares_range(np.concatenate(values)) for name, values in samples.items()},
                        {name: total / count for name, total in sums.items()},
