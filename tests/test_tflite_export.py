@@ -99,6 +99,7 @@ def test_float32_logits_match_tinytrain_in_both_runtimes(graph, float_model, tes
     for runtime in measured.runtimes:
         assert runtime.max_relative_error < 1e-4, runtime
         assert runtime.top1_agreement == 1.0 and runtime.accuracy == measured.tinytrain_accuracy
+        assert runtime.top1_ties == 0.0
 
 
 def test_padding_other_than_same_becomes_an_explicit_pad(weights, data_dir, test_samples, tmp_path):
@@ -117,7 +118,33 @@ def test_int8_agrees_with_float_tinytrain_in_both_runtimes(graph, int8_model, te
     measured = agreement(graph, int8_model, test_samples)
     for runtime in measured.runtimes:
         assert runtime.top1_agreement >= 7 / 8, runtime
+        assert 0 <= runtime.top1_ties <= 1 - runtime.top1_agreement, runtime
         assert 0 < runtime.max_relative_error < 0.5, runtime  # quantized: close, but not float-exact
+
+
+class LevelLogits:
+    """A stand-in runtime whose logits are fixed: level (every class shares the largest) or class 0 ahead."""
+
+    def __init__(self, logits):
+        self.name, self.logits = "stand-in", np.asarray(logits, np.float32)
+        self.input = {"shape": np.array([1, RESOLUTION, RESOLUTION, 3]), "dtype": np.int8}
+        self.output = {"shape": np.array([1, len(CLASSES)])}
+
+    def run(self, sample):
+        return self.logits
+
+
+def test_a_disagreement_is_lost_to_a_tie_only_where_float_top1_shares_the_largest_logit(graph, test_samples,
+                                                                                      monkeypatch):
+    engine = Engine(graph, Arena(MEASURING_ARENA_BYTES, tracing=False))
+    float_top1 = np.array([np.argmax(engine.infer(preprocess(graph, image))[graph.output_name])
+                           for image, _ in test_samples])
+    assert (float_top1 != 0).any()
+    stand_ins = [lambda model: LevelLogits([1.0, 1.0, 1.0, 1.0]), lambda model: LevelLogits([2.0, 1.0, 1.0, 1.0])]
+    monkeypatch.setattr("tinytrain.tflite.agreement.RUNTIMES", stand_ins)
+    level, ahead = agreement(graph, b"", test_samples).runtimes
+    assert level.top1_agreement == ahead.top1_agreement == np.mean(float_top1 == 0)
+    assert level.top1_ties == np.mean(float_top1 != 0) and ahead.top1_ties == 0.0
 
 
 def test_int8_runtimes_compute_the_same_integers(graph, int8_model, test_samples):

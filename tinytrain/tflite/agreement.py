@@ -23,6 +23,9 @@ class RuntimeAgreement:
     runtime: str
     max_relative_error: float  # over the images: max |logit - tinytrain's| / max |tinytrain's logit|
     top1_agreement: float  # fraction of images whose top-1 class is float tinytrain's
+    # fraction of images where it is not only because the runtime's largest logit is shared: float's top-1 class has
+    # it too, and argmax picks a class before it (an int8 model's logits are a few hundred levels)
+    top1_ties: float
     accuracy: float
 
 
@@ -72,6 +75,7 @@ def measure_agreement(graph: Graph, model: bytes, samples: Iterable[tuple[np.nda
                             f"{expected[1]}: pass a .tflite exported from this checkpoint")
     errors = np.zeros(len(runtimes))
     agreeing = np.zeros(len(runtimes), np.int64)
+    tied = np.zeros(len(runtimes), np.int64)
     hits = np.zeros(len(runtimes), np.int64)
     tinytrain_hits = 0
     for image, label in tqdm(samples, total=count, desc="compare", unit="img", disable=not progress):
@@ -83,10 +87,12 @@ def measure_agreement(graph: Graph, model: bytes, samples: Iterable[tuple[np.nda
             logits = runtime.run(sample)
             errors[index] = max(errors[index], relative_error(logits, reference))
             agreeing[index] += int(np.argmax(logits) == np.argmax(reference))
+            tied[index] += int(np.argmax(logits) != np.argmax(reference) and
+                               logits[np.argmax(reference)] == logits.max())
             hits[index] += int(np.argmax(logits) == label)
     return Agreement(count, lite.input["dtype"] == np.int8, tinytrain_hits / count,
-                     [RuntimeAgreement(runtime.name, float(errors[index]), agreeing[index] / count, hits[index] / count)
-                      for index, runtime in enumerate(runtimes)])
+                     [RuntimeAgreement(runtime.name, float(errors[index]), agreeing[index] / count, tied[index] / count,
+                                       hits[index] / count) for index, runtime in enumerate(runtimes)])
 
 
 def measure_inference_arena(graph: Graph, model: bytes, schedule: MemorySchedule = LAYER_BY_LAYER) -> InferenceArena:
@@ -105,10 +111,10 @@ def describe(name: str, agreement: Agreement, arena: InferenceArena) -> str:
     kind = "int8" if agreement.int8 else "float32"
     lines = [f"{name} ({kind}) on {agreement.images:,} test images; tinytrain float32 accuracy "
              f"{agreement.tinytrain_accuracy:.2%}",
-             f"  {'runtime':<14}{'max logit error':>17}{'top-1 agreement':>17}{'accuracy':>10}"]
+             f"  {'runtime':<14}{'max logit error':>17}{'top-1 agreement':>17}{'lost to ties':>14}{'accuracy':>10}"]
     for runtime in agreement.runtimes:
         lines.append(f"  {runtime.runtime:<14}{runtime.max_relative_error:>17.2e}{runtime.top1_agreement:>17.2%}"
-                     f"{runtime.accuracy:>10.2%}")
+                     f"{runtime.top1_ties:>14.2%}{runtime.accuracy:>10.2%}")
     lines.append(f"  inference arena: TFLite Micro {arena.tflite_micro_bytes:,} B ({kind}); tinytrain float32 "
                  f"{arena.tinytrain_peak_bytes:,} B layer by layer, {arena.tinytrain_schedule_peak_bytes:,} B in the "
                  "run's memory schedule")
