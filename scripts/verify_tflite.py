@@ -20,7 +20,9 @@ def parse_args(argv):
                     "against tinytrain's float32 inference of the checkpoint they came from, on the first --images "
                     "test images of the run's own data (its --dataset folder, else CIFAR-10) at the checkpoint's "
                     "resolution. Prints, per model and runtime, the largest "
-                    "logit error relative to the largest tinytrain logit, the top-1 agreement with tinytrain and the "
+                    "logit error relative to the largest tinytrain logit, the top-1 agreement with tinytrain, the "
+                    "share of images lost to ties (the runtime's largest logit shared by tinytrain's top-1 class "
+                    "and an earlier class, which argmax picks: an int8 model has few logit levels) and the "
                     "accuracy; and the bytes of TFLite Micro's arena for one inference beside tinytrain's measured "
                     "float32 inference peak, layer by layer and in the run's memory schedule. Needs the test extras: "
                     "pip install 'tinytrain[test]'.")
