@@ -23,8 +23,8 @@ class RuntimeAgreement:
     runtime: str
     max_relative_error: float  # over the images: max |logit - tinytrain's| / max |tinytrain's logit|
     top1_agreement: float  # fraction of images whose top-1 class is float tinytrain's
-    # fraction of images where it is not only because the runtime's largest logit is shared: float's top-1 class has
-    # it too, and argmax picks a class before it (an int8 model's logits are a few hundred levels)
+    # fraction of images whose top-1 class differs only by a tie: float's top-1 class shares the runtime's largest
+    # logit, and argmax picks a class before it (an int8 model's logits take 256 levels)
     top1_ties: float
     accuracy: float
 
@@ -81,15 +81,16 @@ def measure_agreement(graph: Graph, model: bytes, samples: Iterable[tuple[np.nda
     for image, label in tqdm(samples, total=count, desc="compare", unit="img", disable=not progress):
         x = preprocess(graph, image)
         reference = engine.infer(x)[graph.output_name]
-        tinytrain_hits += int(np.argmax(reference) == label)
+        float_top1 = int(np.argmax(reference))
+        tinytrain_hits += int(float_top1 == label)
         sample = np.ascontiguousarray(x.transpose(1, 2, 0)[np.newaxis])  # (1, H, W, C)
         for index, runtime in enumerate(runtimes):
             logits = runtime.run(sample)
+            top1 = int(np.argmax(logits))
             errors[index] = max(errors[index], relative_error(logits, reference))
-            agreeing[index] += int(np.argmax(logits) == np.argmax(reference))
-            tied[index] += int(np.argmax(logits) != np.argmax(reference) and
-                               logits[np.argmax(reference)] == logits.max())
-            hits[index] += int(np.argmax(logits) == label)
+            agreeing[index] += int(top1 == float_top1)
+            tied[index] += int(top1 != float_top1 and logits[float_top1] == logits[top1])
+            hits[index] += int(top1 == label)
     return Agreement(count, lite.input["dtype"] == np.int8, tinytrain_hits / count,
                      [RuntimeAgreement(runtime.name, float(errors[index]), agreeing[index] / count, tied[index] / count,
                                        hits[index] / count) for index, runtime in enumerate(runtimes)])
