@@ -75,7 +75,7 @@ def fit_to_int8_inputs(graph: Graph, calibration: Calibration, images: Callable[
                 fit = fit_layer(layer, zip(floats, inputs), bar.update)
                 fitted[layer.name] = (fit.weight, fit.bias)
                 moments[layer.name], means[source] = fit.moment, fit.input_mean
-                calibration = replace(calibration, fitted=dict(fitted), moments=dict(moments), means=dict(means))
+                calibration = replace(calibration, fitted=fitted, moments=moments, means=means)
             if isinstance(layer, WeightedLayer):
                 layer = rounded_layer(layer, grids[layer.inputs[0]], calibration)
             for image_levels in levels:
