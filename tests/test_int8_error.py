@@ -14,7 +14,6 @@ from tinytrain.engine import Engine
 from tinytrain.memory import MEASURING_ARENA_BYTES
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.tflite import run_data
-from tinytrain.tflite.agreement import preprocess
 from tinytrain.tflite.error_budget import measure_error_budget, rounded_weights_graph
 from tinytrain.tflite.export import prepare_int8
 from tinytrain.tflite.quantization import (WEIGHT_MAX, activation_quantizations, dequantize, quantize,
@@ -41,7 +40,7 @@ def relative_rms(logits, reference):
 
 def test_a_rows_error_is_the_logit_change_of_rounding_that_tensor_alone(quantized):
     graph, calibration = quantized
-    inputs = [preprocess(graph, image) for image in pixels(3, seed=3)]
+    inputs = [graph.preprocessing.normalize(image) for image in pixels(3, seed=3)]
     budget = measure_error_budget(graph, calibration, inputs, len(inputs), progress=False)
     names = {graph.input_name} | {layer.output for layer in graph.layers}
     assert {row.tensor for row in budget.by_tensor} == names and budget.images == 3

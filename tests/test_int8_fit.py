@@ -7,7 +7,6 @@ import pytest
 from tinytrain.data import Augmenter
 from tinytrain.models.mobilenetv2 import build_mobilenetv2
 from tinytrain.tflite import reconstruction
-from tinytrain.tflite.agreement import preprocess
 from tinytrain.tflite.emulation import round_to_grid
 from tinytrain.tflite.export import prepare_int8
 from tinytrain.tflite.quantization import activation_quantizations, quantize_layer, quantize_weight_and_bias, tap_means
@@ -43,7 +42,7 @@ def test_a_fit_without_damping_is_the_least_squares_map_from_int8_inputs_to_floa
     graph, calibration, images = prepared
     stem = graph.weighted_layers[0]
     grid = activation_quantizations(graph, calibration)[graph.input_name]
-    inputs = [preprocess(graph, image) for image in images[:8]]
+    inputs = [graph.preprocessing.normalize(image) for image in images[:8]]
     pairs = [(x, round_to_grid(x, grid)) for x in inputs]
     monkeypatch.setattr(reconstruction, "DAMPING", 0.0)
     fit = reconstruction.fit_layer(stem, pairs, lambda: None)
@@ -65,7 +64,7 @@ def test_a_fitted_layer_is_rounded_from_its_fitted_weights_and_its_int8_inputs_s
     graph, calibration, images = prepared
     stem = graph.weighted_layers[0]
     grid = activation_quantizations(graph, calibration)[graph.input_name]
-    rounded_inputs = [round_to_grid(preprocess(graph, image), grid) for image in images]
+    rounded_inputs = [round_to_grid(graph.preprocessing.normalize(image), grid) for image in images]
     np.testing.assert_allclose(calibration.means[graph.input_name], np.mean(rounded_inputs, axis=0), atol=1e-6)
     moment = sum(input_columns(stem, q).astype(np.float64) @ input_columns(stem, q).astype(np.float64).T
                  for q in rounded_inputs)

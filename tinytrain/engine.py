@@ -117,10 +117,7 @@ class Engine:
             self.patch_stages.append(plan_patch_stage(graph, first, spec.end_layer, spec.grid))
         # the tiles' conv weights channels last (host memory, as the layers' own: not arena)
         self._tile_weights = [channels_last_weights(stage, graph) for stage in self.patch_stages]
-        std = np.asarray(graph.preprocessing.std, dtype=np.float32)
-        mean = np.asarray(graph.preprocessing.mean, dtype=np.float32)
-        self._pixel_scale = (1.0 / (255.0 * std)).astype(np.float32)  # (3,)
-        self._pixel_shift = (-mean / std).astype(np.float32)  # (3,)
+        self._pixel_scale, self._pixel_shift = graph.preprocessing.pixel_scale_and_shift()  # (3,), (3,)
         self._all_channels: dict[int, np.ndarray] = {}
         self._momentum: dict[str, np.ndarray] = {}  # parameter name -> (rows, cols, taps) arena view, kind optim
         self._summed: dict[str, np.ndarray] = {}  # parameter name -> (n_rows, n_cols, taps) micro-batch gradient sum
