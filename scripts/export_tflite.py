@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tinytrain.atomic import check_writable
 from tinytrain.checkpoint import load_trained_model
 from tinytrain.cli import add_debug_flag, run_script
 from tinytrain.tflite.export import DEFAULT_CALIBRATION_IMAGES, describe_export, export_tflite
@@ -25,8 +26,8 @@ def parse_args(argv):
                     "model gives them (more images fit more layers). The input is the preprocessed image, (pixel / "
                     "255 - mean) / std at the checkpoint's resolution, NHWC; an int8 model takes it as round(x / "
                     "scale) + zero_point, with the input scale and zero point the script prints. The output is the "
-                    "logits. The file is written atomically. Needs the optional packages: pip install "
-                    "'tinytrain[tflite]'.")
+                    "logits. The file is written atomically. Needs the optional packages: pip install -e "
+                    "\".[tflite]\".")
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.h5 of a fine-tuning run")
     parser.add_argument("--output", type=Path, required=True, help="the .tflite file to write")
     parser.add_argument("--int8", action="store_true", help="full-integer int8 instead of float32")
@@ -34,16 +35,20 @@ def parse_args(argv):
                         help=f"--int8: training images (a seeded random subset) whose activation ranges set the "
                              f"quantization and on which the first layers are fitted (default "
                              f"{DEFAULT_CALIBRATION_IMAGES})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration subset (default 0)")
-    parser.add_argument("--data-dir", help="folder holding CIFAR-10, for --int8 of a CIFAR-10 run (default: "
+    parser.add_argument("--seed", type=int, default=None, help="--int8: seed of the calibration subset (default 0)")
+    parser.add_argument("--data-dir", help="--int8: folder holding CIFAR-10, for a CIFAR-10 run (default: "
                                            "$TINYTRAIN_DATA, then the user cache)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
-    if args.calibration_images is not None and not args.int8:
-        parser.error("--calibration-images calibrates the int8 model: add --int8, or leave it out")
+    for flag, value in (("--calibration-images", args.calibration_images), ("--seed", args.seed),
+                        ("--data-dir", args.data_dir)):
+        if value is not None and not args.int8:
+            parser.error(f"{flag} is for calibrating the int8 model: add --int8, or leave it out")
     if args.calibration_images is None:
         args.calibration_images = DEFAULT_CALIBRATION_IMAGES
+    if args.seed is None:
+        args.seed = 0
     if args.calibration_images < 1:
         parser.error(f"--calibration-images must be at least 1, got {args.calibration_images}")
     if args.seed < 0:
@@ -61,6 +66,7 @@ def main(argv=None) -> int:
     def body() -> int:
         require("flatbuffers")
         require("tflite")
+        check_writable(args.output)  # a bad --output is refused before minutes of calibration, not after
         model = load_trained_model(args.checkpoint)
         calibration = None
         if args.int8:

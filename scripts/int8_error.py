@@ -8,11 +8,9 @@ from pathlib import Path
 
 from tinytrain.checkpoint import load_trained_model
 from tinytrain.cli import add_debug_flag, run_script
-from tinytrain.data import Augmenter
-from tinytrain.tflite.agreement import preprocess
 from tinytrain.tflite.error_budget import describe_error_budget, measure_error_budget
 from tinytrain.tflite.export import DEFAULT_CALIBRATION_IMAGES, prepare_int8
-from tinytrain.tflite.run_data import calibration_images, load_run_split
+from tinytrain.tflite.run_data import calibration_images, first_test_images
 
 
 def parse_args(argv):
@@ -57,11 +55,10 @@ def main(argv=None) -> int:
         progress = not args.no_progress
         calibration = calibration_images(model.config, resolution, args.calibration_images, args.seed,
                                          args.data_dir, progress)
-        test = load_run_split(model.config, "test", resolution, args.data_dir, progress=progress)
+        samples = first_test_images(model.config, resolution, args.images, args.data_dir, progress)
         graph, quantization = prepare_int8(model.graph, calibration, progress)
-        samples = Augmenter(test.images[:args.images], test.labels[:args.images], resolution, shuffle=False)
-        budget = measure_error_budget(graph, quantization, (preprocess(graph, image) for image, _ in samples.epoch(0)),
-                                      len(samples), progress)
+        inputs = (graph.preprocessing.normalize(image) for image, _ in samples.epoch(0))
+        budget = measure_error_budget(graph, quantization, inputs, len(samples), progress)
         print(describe_error_budget(budget, args.rows))
         return 0
 

@@ -21,7 +21,7 @@ from tinytrain.data import Augmenter  # noqa: E402
 from tinytrain.engine import Engine  # noqa: E402
 from tinytrain.memory import MEASURING_ARENA_BYTES  # noqa: E402
 from tinytrain.models.mobilenetv2 import build_mobilenetv2  # noqa: E402
-from tinytrain.tflite.agreement import measure_agreement, measure_inference_arena, preprocess  # noqa: E402
+from tinytrain.tflite.agreement import measure_agreement, measure_inference_arena  # noqa: E402
 from tinytrain.tflite.export import export_tflite  # noqa: E402
 from tinytrain.tflite.packages import MissingPackageError, require  # noqa: E402
 from tinytrain.tflite.runtimes import LiteRT, TFLiteMicro  # noqa: E402
@@ -137,7 +137,7 @@ class LevelLogits:
 def test_a_disagreement_is_lost_to_a_tie_only_where_float_top1_shares_the_largest_logit(graph, test_samples,
                                                                                       monkeypatch):
     engine = Engine(graph, Arena(MEASURING_ARENA_BYTES, tracing=False))
-    float_top1 = np.array([np.argmax(engine.infer(preprocess(graph, image))[graph.output_name])
+    float_top1 = np.array([np.argmax(engine.infer(graph.preprocessing.normalize(image))[graph.output_name])
                            for image, _ in test_samples])
     assert (float_top1 != 0).any()
     stand_ins = [lambda model: LevelLogits([1.0, 1.0, 1.0, 1.0]), lambda model: LevelLogits([2.0, 1.0, 1.0, 1.0])]
@@ -154,7 +154,7 @@ def test_int8_runtimes_compute_the_same_integers(graph, int8_model, test_samples
     micro, lite = TFLiteMicro(int8_model), LiteRT(int8_model)
     step = float(lite.output["quantization_parameters"]["scales"][0])
     for image, _ in test_samples[:4]:
-        sample = preprocess(graph, image).transpose(1, 2, 0)[np.newaxis]  # (1, H, W, C)
+        sample = graph.preprocessing.normalize(image).transpose(1, 2, 0)[np.newaxis]  # (1, H, W, C)
         assert np.abs(micro.run(sample) - lite.run(sample)).max() <= 5.01 * step
 
 
@@ -199,14 +199,14 @@ def test_tflite_micro_reports_its_arena_beside_tinytrain_peak(graph, float_model
 
 def test_missing_packages_say_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "flatbuffers", None)  # makes `import flatbuffers` fail
-    with pytest.raises(MissingPackageError, match=r"pip install 'tinytrain\[tflite\]'") as raised:
+    with pytest.raises(MissingPackageError, match=r'pip install -e "\.\[tflite\]"') as raised:
         require("flatbuffers")
     assert "\n" not in str(raised.value)
 
 
-def run_script(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPOSITORY / "scripts" / "export_tflite.py"), "--no-progress",
-                           *arguments], capture_output=True, text=True, cwd=REPOSITORY)
+def run_script(*arguments: str, script: str = "export_tflite.py") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPOSITORY / "scripts" / script), "--no-progress", *arguments],
+                          capture_output=True, text=True, cwd=REPOSITORY)
 
 
 def test_script_exports_a_checkpoint_and_refuses_bad_input(graph, tmp_path):
@@ -216,9 +216,38 @@ def test_script_exports_a_checkpoint_and_refuses_bad_input(graph, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"wrote {tmp_path / 'model.tflite'}: float32") and "first, second" in done.stdout
     assert (tmp_path / "model.tflite").read_bytes()[4:8] == b"TFL3"
-    refused = run_script("--checkpoint", str(checkpoint), "--output", str(tmp_path / "m.tflite"),
-                         "--calibration-images", "10")
-    assert refused.returncode == 2 and "add --int8" in refused.stderr
+    for int8_only in (["--calibration-images", "10"], ["--seed", "1"], ["--data-dir", str(tmp_path)]):
+        refused = run_script("--checkpoint", str(checkpoint), "--output", str(tmp_path / "m.tflite"), *int8_only)
+        assert refused.returncode == 2 and f"{int8_only[0]} is for calibrating" in refused.stderr, refused.stderr
+    under_a_file = tmp_path / "model.tflite" / "int8.tflite"
+    refused = run_script("--checkpoint", str(checkpoint), "--output", str(under_a_file), "--int8")
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), refused.stderr
+    assert "calibration" not in refused.stderr and not under_a_file.exists()  # refused before calibrating
+
+
+def test_verify_refuses_every_model_that_does_not_fit_before_comparing_any(graph, float_model, weights, data_dir,
+                                                                         tmp_path):
+    checkpoint = tmp_path / "checkpoint.h5"
+    save_checkpoint(checkpoint, graph, TrainingState(0, [], {}, {}, {}, class_names=list(CLASSES)))
+    fitting = tmp_path / "model.tflite"
+    fitting.write_bytes(float_model)
+    three_classes = tmp_path / "three_classes.tflite"
+    export_tflite(build_mobilenetv2(num_classes=3, resolution=RESOLUTION, weights=weights), three_classes,
+                  progress=False)
+    not_tflite = tmp_path / "notes.tflite"
+    not_tflite.write_bytes(b"\x00" * 64)
+    for bad, says in ((three_classes, "maps (1, 64, 64, 3) to (1, 3)"), (not_tflite, "cannot load the model")):
+        done = run_script("--checkpoint", str(checkpoint), "--model", str(fitting), str(bad), "--images", "8",
+                          "--data-dir", str(data_dir), script="verify_tflite.py")
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1, done.stderr
+        assert lines[0].startswith(f"error: --model {bad}: ") and says in lines[0], lines[0]
+        assert done.stdout == ""  # the fitting model came first, and was not compared either
+    done = run_script("--checkpoint", str(checkpoint), "--model", str(fitting), "--images", "8", "--data-dir",
+                      str(data_dir), script="verify_tflite.py")
+    assert done.returncode == 0 and done.stderr == "", done.stderr  # LiteRT's delegate notice held back
+    assert done.stdout.startswith(f"{fitting} (float32) on 8 test images") and "TFLite Micro" in done.stdout
 
 
 def test_a_checkpoint_of_another_model_or_a_corrupt_one_is_one_line(graph, tmp_path):

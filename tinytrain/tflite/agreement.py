@@ -15,7 +15,7 @@ from tinytrain.graph import Graph
 from tinytrain.memory import MEASURING_ARENA_BYTES, measure_inference
 from tinytrain.plan import LAYER_BY_LAYER, MemorySchedule
 
-from .runtimes import RUNTIMES, TFLiteMicro
+from .runtimes import RUNTIMES, Runtime, TFLiteMicro
 
 
 @dataclass(frozen=True)
@@ -48,16 +48,22 @@ class InferenceArena:
     tinytrain_schedule_peak_bytes: int  # the same in `schedule` (the run's: patches, depthwise in place)
 
 
-def preprocess(graph: Graph, image: np.ndarray) -> np.ndarray:
-    """(C, H, W) float32 network input of a uint8 (H, W, C) image: (pixel / 255 - mean) / std, as the engine does."""
-    mean = np.asarray(graph.preprocessing.mean, np.float32)
-    std = np.asarray(graph.preprocessing.std, np.float32)
-    scaled = image.astype(np.float32) * (1.0 / (255.0 * std)).astype(np.float32) + (-mean / std).astype(np.float32)
-    return np.ascontiguousarray(scaled.transpose(2, 0, 1))
-
-
 def relative_error(logits: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(logits - reference).max() / max(float(np.abs(reference).max()), 1e-12))
+
+
+def load_runtimes(graph: Graph, model: bytes) -> list[Runtime]:
+    """`model` loaded in every runtime (RuntimeLoadError if one cannot), checked to map the input of `graph`
+    (1, H, W, C) to its (1, classes) (ModelMismatch if not)."""
+    runtimes = [runtime(model) for runtime in RUNTIMES]
+    channels, height, width = graph.input_shape
+    expected = ((1, height, width, channels), (1, graph.num_classes))
+    for runtime in runtimes:
+        shapes = tuple(tuple(int(size) for size in tensor["shape"]) for tensor in (runtime.input, runtime.output))
+        if shapes != expected:
+            raise ModelMismatch(f"the model maps {shapes[0]} to {shapes[1]}, the checkpoint's model {expected[0]} "
+                                f"to {expected[1]}: pass a .tflite exported from this checkpoint")
+    return runtimes
 
 
 def measure_agreement(graph: Graph, model: bytes, samples: Iterable[tuple[np.ndarray, int]], count: int,
@@ -65,21 +71,14 @@ def measure_agreement(graph: Graph, model: bytes, samples: Iterable[tuple[np.nda
     """Each of `count` (image uint8 (H, W, C) at the graph's resolution, label) through tinytrain and through every
     runtime."""
     engine = Engine(graph, Arena(MEASURING_ARENA_BYTES, tracing=False))
-    runtimes = [runtime(model) for runtime in RUNTIMES]
-    lite = runtimes[-1]
-    channels, height, width = graph.input_shape
-    expected = ((1, height, width, channels), (1, graph.num_classes))
-    shapes = (tuple(lite.input["shape"]), tuple(lite.output["shape"]))
-    if shapes != expected:
-        raise ModelMismatch(f"the model maps {shapes[0]} to {shapes[1]}, the checkpoint's model {expected[0]} to "
-                            f"{expected[1]}: pass a .tflite exported from this checkpoint")
+    runtimes = load_runtimes(graph, model)
     errors = np.zeros(len(runtimes))
     agreeing = np.zeros(len(runtimes), np.int64)
     tied = np.zeros(len(runtimes), np.int64)
     hits = np.zeros(len(runtimes), np.int64)
     tinytrain_hits = 0
     for image, label in tqdm(samples, total=count, desc="compare", unit="img", disable=not progress):
-        x = preprocess(graph, image)
+        x = graph.preprocessing.normalize(image)
         reference = engine.infer(x)[graph.output_name]
         float_top1 = int(np.argmax(reference))
         tinytrain_hits += int(float_top1 == label)
@@ -91,7 +90,7 @@ def measure_agreement(graph: Graph, model: bytes, samples: Iterable[tuple[np.nda
             agreeing[index] += int(top1 == float_top1)
             tied[index] += int(top1 != float_top1 and logits[float_top1] == logits[top1])
             hits[index] += int(top1 == label)
-    return Agreement(count, lite.input["dtype"] == np.int8, tinytrain_hits / count,
+    return Agreement(count, runtimes[0].input["dtype"] == np.int8, tinytrain_hits / count,
                      [RuntimeAgreement(runtime.name, float(errors[index]), agreeing[index] / count, tied[index] / count,
                                        hits[index] / count) for index, runtime in enumerate(runtimes)])
 
@@ -107,7 +106,7 @@ def measure_inference_arena(graph: Graph, model: bytes, schedule: MemorySchedule
                           measure_inference(graph, MEASURING_ARENA_BYTES, schedule).whole_step_peak_bytes)
 
 
-def describe(name: str, agreement: Agreement, arena: InferenceArena) -> str:
+def describe_agreement(name: str, agreement: Agreement, arena: InferenceArena) -> str:
     """The comparison as a small table a person reads."""
     kind = "int8" if agreement.int8 else "float32"
     lines = [f"{name} ({kind}) on {agreement.images:,} test images; tinytrain float32 accuracy "

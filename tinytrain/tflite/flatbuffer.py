@@ -13,6 +13,7 @@ import numpy as np
 from .packages import require
 
 SCHEMA_VERSION = 3  # Model.version: the flatbuffer schema in use since TFLite 1.0
+FILE_IDENTIFIER = b"TFL3"  # bytes 4 to 8 of every TFLite flatbuffer
 BUFFER_ALIGNMENT = 16  # schema.fbs: Buffer.data is force_align 16, so kernels may read it in place
 
 
@@ -69,7 +70,7 @@ _TENSOR_TYPES = {np.dtype(np.float32): "FLOAT32", np.dtype(np.int8): "INT8", np.
 
 
 def serialize(model: ModelRecord) -> bytes:
-    """The flatbuffer bytes of `model` (file identifier "TFL3")."""
+    """The flatbuffer bytes of `model`, with the TFLite file identifier."""
     flatbuffers = require("flatbuffers")
     tflite = require("tflite")
     builder = flatbuffers.Builder(1 << 20)
@@ -104,7 +105,7 @@ def serialize(model: ModelRecord) -> bytes:
     tflite.ModelAddSubgraphs(builder, subgraph_vector)
     tflite.ModelAddDescription(builder, description)
     tflite.ModelAddBuffers(builder, buffer_vector)
-    builder.Finish(tflite.ModelEnd(builder), file_identifier=b"TFL3")
+    builder.Finish(tflite.ModelEnd(builder), file_identifier=FILE_IDENTIFIER)
     return bytes(builder.Output())
 
 

@@ -10,12 +10,12 @@ class MissingPackageError(ImportError):
     """An optional package is not installed; the message says what to install."""
 
 
-# package to import -> (what it is for, the pip command that installs it)
+# package to import -> (what it is for, the pip command that installs it, from the project's checkout)
 INSTALL = {
-    "flatbuffers": ("the TFLite export", "pip install 'tinytrain[tflite]'"),
-    "tflite": ("the TFLite export and import", "pip install 'tinytrain[tflite]'"),
-    "tflite_micro": ("running models in TFLite Micro", "pip install 'tinytrain[test]'"),
-    "ai_edge_litert": ("running models in LiteRT", "pip install 'tinytrain[test]'"),
+    "flatbuffers": ("the TFLite export", 'pip install -e ".[tflite]"'),
+    "tflite": ("the TFLite export and import", 'pip install -e ".[tflite]"'),
+    "tflite_micro": ("running models in TFLite Micro", 'pip install -e ".[test]"'),
+    "ai_edge_litert": ("running models in LiteRT", 'pip install -e ".[test]"'),
 }
 
 

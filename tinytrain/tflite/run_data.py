@@ -31,3 +31,11 @@ def calibration_images(config: dict, resolution: int, count: int, seed: int, dat
         raise TooFewImages(f"--calibration-images {count:,}: the run's training split has {len(train):,} images; "
                            "ask for at most that many")
     return Augmenter(train.images, train.labels, resolution, shuffle=False, subset=count, seed=seed)
+
+
+def first_test_images(config: dict, resolution: int, count: int, data_dir: str | Path | None = None,
+                      progress: bool = True) -> Augmenter:
+    """The first `count` test images of the run of `config` (all of them, if the split has fewer), at `resolution`,
+    unaugmented and in order: what a comparison with float measures on."""
+    test = load_run_split(config, "test", resolution, data_dir, progress)
+    return Augmenter(test.images[:count], test.labels[:count], resolution, shuffle=False)
