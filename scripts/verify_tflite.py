@@ -53,15 +53,16 @@ def main(argv=None) -> int:
         require("ai_edge_litert")
         model = load_trained_model(args.checkpoint)
         flatbuffers = {path: path.read_bytes() for path in args.model}
+        loaded = {}
         for path, flatbuffer in flatbuffers.items():  # every model refused or accepted before any is compared
             try:
-                load_runtimes(model.graph, flatbuffer)
+                loaded[path] = load_runtimes(model.graph, flatbuffer)
             except (ModelMismatch, RuntimeLoadError) as error:
                 raise type(error)(f"--model {path}: {error}") from error
         samples = first_test_images(model.config, model.graph.input_shape[1], args.images, args.data_dir,
                                     progress=not args.no_progress)
         for path, flatbuffer in flatbuffers.items():
-            agreement = measure_agreement(model.graph, flatbuffer, samples.epoch(0), len(samples),
+            agreement = measure_agreement(model.graph, loaded[path], samples.epoch(0), len(samples),
                                           progress=not args.no_progress)
             arena = measure_inference_arena(model.graph, flatbuffer, model.memory_schedule)
             print(describe_agreement(str(path), agreement, arena))

@@ -21,7 +21,7 @@ from tinytrain.data import Augmenter  # noqa: E402
 from tinytrain.engine import Engine  # noqa: E402
 from tinytrain.memory import MEASURING_ARENA_BYTES  # noqa: E402
 from tinytrain.models.mobilenetv2 import build_mobilenetv2  # noqa: E402
-from tinytrain.tflite.agreement import measure_agreement, measure_inference_arena  # noqa: E402
+from tinytrain.tflite.agreement import load_runtimes, measure_agreement, measure_inference_arena  # noqa: E402
 from tinytrain.tflite.export import export_tflite  # noqa: E402
 from tinytrain.tflite.packages import MissingPackageError, require  # noqa: E402
 from tinytrain.tflite.runtimes import LiteRT, TFLiteMicro  # noqa: E402
@@ -90,7 +90,7 @@ def int8_model(graph, data_dir, tmp_path_factory) -> bytes:
 
 
 def agreement(graph, model: bytes, samples):
-    return measure_agreement(graph, model, samples, len(samples), progress=False)
+    return measure_agreement(graph, load_runtimes(graph, model), samples, len(samples), progress=False)
 
 
 def test_float32_logits_match_tinytrain_in_both_runtimes(graph, float_model, test_samples):

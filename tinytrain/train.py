@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from tinytrain import paths
 from tinytrain.arena import DEFAULT_CAPACITY, Arena
+from tinytrain.atomic import check_writable
 from tinytrain.budget import fit_schedule
 from tinytrain.checkpoint import EpochSums, TrainingState, load_checkpoint, read_progress, save_checkpoint
 from tinytrain.data import LABEL_NAMES, Augmenter, Dataset, load_cifar10, load_exact_subset, scan_folder_dataset
@@ -154,11 +155,8 @@ def validate_config(config: TrainConfig, split_sizes: dict[str, int] | None = No
 
 def prepare_output_dir(output_dir: Path) -> None:
     """Create `output_dir` and prove it writable now, not at the first checkpoint an epoch later."""
-    probe = output_dir / ".write-test"
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
+        check_writable(output_dir / "results.json")
     except OSError as error:
         raise ConfigError(f"--output-dir {output_dir}: cannot write there ({error.strerror}); choose a folder you can "
                           "write to") from error

@@ -66,12 +66,11 @@ def load_runtimes(graph: Graph, model: bytes) -> list[Runtime]:
     return runtimes
 
 
-def measure_agreement(graph: Graph, model: bytes, samples: Iterable[tuple[np.ndarray, int]], count: int,
+def measure_agreement(graph: Graph, runtimes: list[Runtime], samples: Iterable[tuple[np.ndarray, int]], count: int,
                       progress: bool = True) -> Agreement:
-    """Each of `count` (image uint8 (H, W, C) at the graph's resolution, label) through tinytrain and through every
-    runtime."""
+    """Each of `count` (image uint8 (H, W, C) at the graph's resolution, label) through tinytrain and through each of
+    `runtimes` (load_runtimes: one model in every runtime)."""
     engine = Engine(graph, Arena(MEASURING_ARENA_BYTES, tracing=False))
-    runtimes = load_runtimes(graph, model)
     errors = np.zeros(len(runtimes))
     agreeing = np.zeros(len(runtimes), np.int64)
     tied = np.zeros(len(runtimes), np.int64)
